@@ -1,0 +1,65 @@
+# The README's two commands are `make serve` and `make test`; each creates .venv/ when missing.
+# torch is installed first and pinned: a looser requirement pulls several GB of CUDA wheels.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check -q
+TORCH_PIN := torch==2.13.0
+SGLANG_VERSION := 0.5.23
+# SGLang's own rejection-sampling kernel, extracted from its wheel for the peer tests (never committed).
+SGLANG_KERNEL := .cache/sglang-$(SGLANG_VERSION)/reject_sampling.py
+PYTEST_ARGS ?=
+
+.PHONY: serve test test-fast lint format bench demo-model clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.torch: | $(PY)
+	$(PIP) install $(TORCH_PIN)
+	@touch $@
+
+$(VENV)/.serve: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[triton]"
+	@touch $@
+
+$(VENV)/.test: pyproject.toml $(VENV)/.torch
+	$(PIP) install -e ".[dev]"
+	@touch $@
+
+$(SGLANG_KERNEL): | $(PY)
+	@mkdir -p .cache/wheels $(dir $@)
+	$(PIP) download --no-deps sglang==$(SGLANG_VERSION) -d .cache/wheels
+	$(PY) -c "import glob, zipfile; \
+	w = glob.glob('.cache/wheels/sglang-$(SGLANG_VERSION)-*.whl')[0]; \
+	open('$@', 'wb').write(zipfile.ZipFile(w).read('sglang/kernels/ops/speculative/reject_sampling.py'))"
+
+# The gateway on :8000 in front of one embedded engine serving the shipped demo model.
+serve: $(VENV)/.serve
+	$(VENV)/bin/bebop serve --port 8000 --engines 1
+
+test: $(VENV)/.test $(SGLANG_KERNEL)
+	BEBOP_SGLANG_KERNEL=$(SGLANG_KERNEL) $(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.test $(SGLANG_KERNEL)
+	BEBOP_SGLANG_KERNEL=$(SGLANG_KERNEL) $(PY) -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(VENV)/.test
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(VENV)/.test
+	$(VENV)/bin/bebop bench kernels
+
+# Trains the shipped demo model (tokenizer, backbone, one MTP head per loss) from fixed seeds.
+demo-model: $(VENV)/.test
+	$(VENV)/bin/bebop demo-model --build
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Serving side: the model, the CLI and benchmarks (later the engine, gateway and SDK)."""

@@ -1,0 +1,246 @@
+"""Continuous batching: one loop thread admits, steps and finishes requests between model steps.
+
+Requests wait in a bounded queue, join the running batch when a KV slot is free (prefill), take
+one (speculative) step together with every other running request, and leave as soon as they
+finish. Control operations (pause, resume, abort, weight swaps) run on the loop thread between
+two steps, so a step never sees half-updated weights.
+
+Every accepted request ends with exactly one final event: finished, aborted, or an error.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from bebop.service.engine.runner import ModelRunner, SeqState, StepOutput
+from bebop.service.engine.sampling import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(RuntimeError):
+    """The waiting queue is full; the server answers 503 with Retry-After."""
+
+
+@dataclass
+class Request:
+    """One generation request and everything it has produced so far."""
+
+    rid: str
+    prompt: list[int]
+    params: SamplingParams
+    seed: int
+    on_event: Callable[[Request, bool], None]  # (request, finished): called on the loop thread
+    output: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    entropies: list[float] = field(default_factory=list)
+    version_spans: list[list[Any]] = field(default_factory=list)  # [start, end, weight_version]
+    finish_reason: dict[str, Any] | None = None
+    verify_ct: int = 0
+    drafts_proposed: int = 0
+    drafts_accepted: int = 0
+    position_reached: list[int] = field(default_factory=list)  # per draft position
+    position_accepted: list[int] = field(default_factory=list)
+    created: float = field(default_factory=time.monotonic)
+    state: SeqState | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+class Scheduler:
+    """The engine loop. Thread-safe entry points: ``submit``, ``call`` (run a function between steps)."""
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        eos_token_id: int | None,
+        max_queue: int = 256,
+        weight_version: str = "default",
+    ):
+        self.runner = runner
+        self.eos = eos_token_id
+        self.max_queue = max_queue
+        self.weight_version = weight_version
+        self.waiting: collections.deque[Request] = collections.deque()
+        self.running: list[Request] = []
+        self.paused_mode: str | None = None
+        self._commands: collections.deque[tuple[Callable[[], Any], Future]] = collections.deque()
+        self._wake = threading.Condition()
+        self._stop = False
+        self.stats = collections.Counter()
+        self.on_tokens: Callable[[int], None] | None = None  # called on the loop thread per step
+        self._thread = threading.Thread(target=self._loop, name="bebop-engine", daemon=True)
+
+    # ------------------------------------------------------------------ thread-safe API
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stop = True
+            self._wake.notify_all()
+        self._thread.join(timeout=10)
+
+    def submit(self, req: Request) -> None:
+        with self._wake:
+            if len(self.waiting) >= self.max_queue:
+                raise Overloaded(f"the engine queue is full ({self.max_queue} waiting requests); retry later")
+            self.waiting.append(req)
+            self._wake.notify_all()
+
+    def call(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the loop thread between two steps; the future holds its result."""
+        fut: Future = Future()
+        with self._wake:
+            self._commands.append((fn, fut))
+            self._wake.notify_all()
+        return fut
+
+    # ------------------------------------------------------------------ control (loop thread)
+    def pause(self, mode: str) -> None:
+        if mode not in ("abort", "retract", "in_place"):
+            raise ValueError(f"mode must be abort, retract or in_place, got {mode!r}")
+        if mode == "abort":
+            self.abort(None, "paused with mode abort")
+        elif mode == "retract":
+            for req in reversed(self.running):  # back to the front of the queue, in order
+                self._free(req)
+                self.waiting.appendleft(req)
+            self.running = []
+        self.paused_mode = mode
+
+    def resume(self) -> None:
+        self.paused_mode = None
+
+    def abort(self, rid: str | None, message: str = "aborted") -> int:
+        """Abort one request (by rid) or all (rid None); returns how many were aborted."""
+        victims = [r for r in [*self.running, *self.waiting] if rid is None or r.rid == rid]
+        for req in victims:
+            self._finish(req, {"type": "abort", "message": message})
+        return len(victims)
+
+    # ------------------------------------------------------------------ loop
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not (self._stop or self._commands or self._has_work()):
+                    self._wake.wait(timeout=0.5)
+                if self._stop:
+                    break
+                commands = list(self._commands)
+                self._commands.clear()
+            for fn, fut in commands:
+                try:
+                    fut.set_result(fn())
+                except Exception as err:  # reported to the caller, never kills the loop
+                    fut.set_exception(err)
+            if self.paused_mode is None:
+                try:
+                    self._admit()
+                    self._step()
+                except Exception as err:  # a bug must not lose requests silently: fail them loudly
+                    log.exception("engine step failed")
+                    for req in [*self.running]:
+                        self._finish(req, {"type": "abort", "message": f"engine error: {err}"})
+        for req in [*self.running, *self.waiting]:
+            self._finish(req, {"type": "abort", "message": "engine shutting down"})
+
+    def _has_work(self) -> bool:
+        return self.paused_mode is None and bool(self.running or self.waiting)
+
+    def _admit(self) -> None:
+        while self.waiting and self.runner.free_slots() > 0:
+            with self._wake:
+                req = self.waiting.popleft()
+            if req.finished:
+                continue
+            remaining = req.params.max_new_tokens - len(req.output)
+            if remaining <= 0:
+                self._finish(req, {"type": "length", "length": len(req.output)})
+                continue
+            if req.output:  # retracted: resume with its last token pending, exactly where it left
+                context, resume = req.prompt + req.output[:-1], req.output[-1]
+                req.state, _ = self.runner.prefill(context, req.params, req.seed, resume_token=resume)
+                self.running.append(req)
+                continue
+            req.state, out = self.runner.prefill(req.prompt, req.params, req.seed)
+            self.running.append(req)
+            self._record(req, out)
+
+    def _step(self) -> None:
+        if not self.running:
+            return
+        outputs = self.runner.step([r.state for r in self.running])
+        for req, out in zip(list(self.running), outputs, strict=True):
+            req.verify_ct += 1
+            self._record(req, out)
+
+    def _record(self, req: Request, out: StepOutput) -> None:
+        """Append a step's tokens up to the first stop condition, then notify or finish."""
+        if out.drafts_proposed:
+            req.drafts_proposed += out.drafts_proposed
+            req.drafts_accepted += out.drafts_accepted
+            G = out.drafts_proposed
+            if not req.position_reached:
+                req.position_reached, req.position_accepted = [0] * G, [0] * G
+            for k in range(min(out.drafts_accepted + 1, G)):
+                req.position_reached[k] += 1
+                req.position_accepted[k] += int(k < out.drafts_accepted)
+        start = len(req.output)
+        reason = None
+        for tok, lp, ent in zip(out.tokens, out.logprobs, out.entropies, strict=True):
+            req.output.append(tok)
+            req.logprobs.append(lp)
+            req.entropies.append(ent)
+            if (tok == self.eos and not req.params.ignore_eos) or tok in req.params.stop_token_ids:
+                reason = {"type": "stop", "matched": tok}
+                break
+            if len(req.output) >= req.params.max_new_tokens:
+                reason = {"type": "length", "length": len(req.output)}
+                break
+        self._add_span(req, start, len(req.output))
+        self.stats["generated_tokens"] += len(req.output) - start
+        if self.on_tokens is not None:
+            self.on_tokens(len(req.output) - start)
+        if reason is not None:
+            self._finish(req, reason)
+        else:
+            req.on_event(req, False)
+
+    def _add_span(self, req: Request, start: int, end: int) -> None:
+        if end <= start:
+            return
+        if (
+            req.version_spans
+            and req.version_spans[-1][2] == self.weight_version
+            and req.version_spans[-1][1] == start
+        ):
+            req.version_spans[-1][1] = end
+        else:
+            req.version_spans.append([start, end, self.weight_version])
+
+    def _free(self, req: Request) -> None:
+        if req.state is not None:
+            self.runner.release(req.state)
+            req.state = None
+
+    def _finish(self, req: Request, reason: dict[str, Any]) -> None:
+        if req.finished:
+            return
+        req.finish_reason = reason
+        self._free(req)
+        if req in self.running:
+            self.running.remove(req)
+        if req in self.waiting:
+            self.waiting.remove(req)
+        self.stats["finished_" + reason["type"]] += 1
+        req.on_event(req, True)

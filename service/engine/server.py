@@ -1,0 +1,436 @@
+"""``bebop engine``: the embedded engine behind SGLang 0.5.23's native HTTP protocol.
+
+Routes and field names follow SGLang so the gateway (and slime, AReaL, smg) talk to this engine
+and to SGLang servers alike. Unknown request fields are ignored, as SGLang does; bad values get a
+400 with a message. Bebop's additions ride in ``meta_info``: ``spec_accept_per_position``,
+``entropy_mean``, ``weight_version_spans`` and, with ``return_entropy``, ``output_token_entropy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import random
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import generate_latest
+
+from bebop.service.engine.dist_update import WeightReceiver
+from bebop.service.engine.metrics import EngineMetrics
+from bebop.service.engine.runner import ModelRunner
+from bebop.service.engine.sampling import BadRequest, SamplingParams
+from bebop.service.engine.scheduler import Overloaded, Request, Scheduler
+from bebop.service.engine.weights import load_checked_state
+from bebop.service.model import Qwen3Model, load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    model_path: str
+    spec: str = "rejection"
+    draft_steps: int = 3
+    max_running: int = 16
+    max_queue: int = 256
+    max_len: int = 512  # context: prompt + max_new_tokens must fit
+    weight_version: str = "default"
+    seed: int = 0
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "code": status}, **extra}, status_code=status)
+
+
+class Engine:
+    """The model, its runner and scheduler, the tokenizer, and the metrics of one engine process."""
+
+    def __init__(self, cfg: EngineConfig):
+        from tokenizers import Tokenizer
+
+        self.cfg = cfg
+        self.model_path = str(Path(cfg.model_path).resolve())
+        self.model: Qwen3Model = load_model(self.model_path)
+        tok_file = Path(self.model_path) / "tokenizer.json"
+        self.tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file.is_file() else None
+        self.runner = ModelRunner(self.model, cfg.max_running, cfg.max_len, cfg.spec, cfg.draft_steps)
+        self.scheduler = Scheduler(
+            self.runner, self.model.config.eos_token_id, cfg.max_queue, cfg.weight_version
+        )
+        self.metrics = EngineMetrics()
+        self.scheduler.on_tokens = self.metrics.observe_tokens
+        self.reload_lock = threading.Lock()  # one weight update at a time
+        self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bebop-weights")
+        self.receiver = WeightReceiver()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    # ------------------------------------------------------------------ requests
+    def parse(self, body: dict) -> tuple[list[list[int]], list[str | None], bool]:
+        """Prompts as token ids, their rids, and whether the request was a batch."""
+        if "input_ids" in body and body["input_ids"] is not None:
+            ids = body["input_ids"]
+            batch = bool(ids) and isinstance(ids[0], list)
+            prompts = ids if batch else [ids]
+        elif "text" in body and body["text"] is not None:
+            if self.tokenizer is None:
+                raise BadRequest("this model has no tokenizer: send input_ids")
+            texts = body["text"] if isinstance(body["text"], list) else [body["text"]]
+            batch = isinstance(body["text"], list)
+            if not all(isinstance(t, str) for t in texts):
+                raise BadRequest("text must be a string or a list of strings")
+            prompts = [self.tokenizer.encode(t).ids for t in texts]
+        else:
+            raise BadRequest("give input_ids or text")
+        for p in prompts:
+            if not isinstance(p, list) or not p:
+                raise BadRequest("each prompt must be a non-empty list of token ids")
+            if not all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+                raise BadRequest("input_ids must be integers")
+            bad = [t for t in p if not 0 <= t < self.vocab_size]
+            if bad:
+                raise BadRequest(f"input_ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
+        rid = body.get("rid")
+        rids = rid if isinstance(rid, list) else [rid] * len(prompts)
+        if len(rids) != len(prompts):
+            raise BadRequest("rid must have one entry per prompt")
+        if batch and isinstance(rid, str):
+            rids = [f"{rid}-{i}" for i in range(len(prompts))]
+        return prompts, rids, batch
+
+    def make_request(self, prompt: list[int], rid: str | None, params: SamplingParams, on_event) -> Request:
+        if len(prompt) + params.max_new_tokens > self.cfg.max_len:
+            raise BadRequest(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
+                f"context of {self.cfg.max_len} tokens"
+            )
+        seed = params.sampling_seed if params.sampling_seed is not None else random.getrandbits(63)
+        return Request(
+            rid=rid or uuid.uuid4().hex, prompt=prompt, params=params, seed=seed, on_event=on_event
+        )
+
+    def response(self, req: Request, return_logprob: bool, return_entropy: bool) -> dict:
+        n = len(req.output)
+        meta: dict[str, Any] = {
+            "id": req.rid,
+            "finish_reason": req.finish_reason,
+            "prompt_tokens": len(req.prompt),
+            "completion_tokens": n,
+            "cached_tokens": 0,
+            "e2e_latency": time.monotonic() - req.created,
+            "weight_version": req.version_spans[-1][2]
+            if req.version_spans
+            else self.scheduler.weight_version,
+            "weight_version_spans": req.version_spans,
+            "entropy_mean": (sum(req.entropies) / len(req.entropies)) if req.entropies else None,
+        }
+        if self.runner.G:
+            meta["spec_verify_ct"] = req.verify_ct
+            meta["spec_accept_length"] = ((n - 1) / req.verify_ct) if req.verify_ct else None
+            meta["spec_accept_rate"] = (
+                (req.drafts_accepted / req.drafts_proposed) if req.drafts_proposed else None
+            )
+            meta["spec_accept_per_position"] = [
+                (a / r) if r else None
+                for a, r in zip(req.position_accepted, req.position_reached, strict=True)
+            ]
+        if return_logprob:
+            meta["output_token_logprobs"] = [
+                [_finite(lp), t, None] for lp, t in zip(req.logprobs, req.output, strict=True)
+            ]
+        if return_entropy:
+            meta["output_token_entropy"] = req.entropies
+        out = {"output_ids": list(req.output), "meta_info": meta}
+        if self.tokenizer is not None:
+            out["text"] = self.tokenizer.decode(req.output)
+        return out
+
+    # ------------------------------------------------------------------ weights
+    def update_from_disk(self, model_path: str, version: str | None, abort_all: bool) -> dict:
+        """Validate the checkpoint off the loop thread, then swap it in between two steps."""
+        with self.reload_lock:
+            try:
+                state = load_checked_state(model_path, self.model)
+            except (ValueError, FileNotFoundError, OSError) as err:
+                self.metrics.weight_updates.labels("rejected").inc()
+                return {"success": False, "message": f"checkpoint refused, old weights still serving: {err}"}
+
+            self._swap(state, version, abort_all, model_path=str(Path(model_path).resolve()))
+            self.metrics.weight_updates.labels("success").inc()
+            return {
+                "success": True,
+                "message": "weights updated",
+                "weight_version": self.scheduler.weight_version,
+            }
+
+    def _swap(
+        self, state: dict[str, torch.Tensor], version: str | None, abort_all: bool, model_path: str | None
+    ) -> None:
+        """Copy validated tensors into the serving model between two steps (the target and the MTP
+        head alike), and set the weight version; blocks until done."""
+
+        def swap() -> None:
+            if abort_all:
+                self.scheduler.abort(None, "aborted for a weight update")
+            with torch.no_grad():
+                self.model.load_state_dict(state, strict=False)
+            self.scheduler.weight_version = version or self.scheduler.weight_version
+            if model_path is not None:
+                self.model_path = model_path
+
+        self.scheduler.call(swap).result()
+
+    def update_from_distributed(self, body: dict) -> dict:
+        with self.reload_lock:
+            try:
+                state = self.receiver.receive(
+                    list(body.get("names") or []),
+                    list(body.get("dtypes") or []),
+                    list(body.get("shapes") or []),
+                    str(body.get("group_name")),
+                    self.model,
+                )
+            except ValueError as err:
+                self.metrics.weight_updates.labels("rejected").inc()
+                return {"success": False, "message": f"update refused, old weights still serving: {err}"}
+            self._swap(state, body.get("weight_version"), bool(body.get("abort_all_requests", False)), None)
+            self.metrics.weight_updates.labels("success").inc()
+            return {
+                "success": True,
+                "message": "weights updated",
+                "weight_version": self.scheduler.weight_version,
+            }
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # -inf (a greedy row's other tokens) is not JSON
+
+
+def build_app(engine: Engine) -> FastAPI:
+    sched = engine.scheduler
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        sched.stop()  # fail whatever is still queued explicitly rather than dropping it
+
+    app = FastAPI(title="Bebop engine", description="SGLang-compatible embedded engine", lifespan=lifespan)
+
+    async def body_of(request: HTTPRequest) -> dict:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest("the body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise BadRequest("the body must be a JSON object")
+        return body
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(_: HTTPRequest, err: BadRequest) -> JSONResponse:
+        return _error(400, str(err))
+
+    @app.post("/generate")
+    async def generate(request: HTTPRequest):
+        body = await body_of(request)
+        params = SamplingParams.from_dict(body.get("sampling_params"), engine.vocab_size)
+        prompts, rids, batch = engine.parse(body)
+        return_logprob, return_entropy = bool(body.get("return_logprob")), bool(body.get("return_entropy"))
+        loop = asyncio.get_running_loop()
+        queues: list[asyncio.Queue] = []
+        reqs: list[Request] = []
+
+        for prompt, rid in zip(prompts, rids, strict=True):
+            q: asyncio.Queue = asyncio.Queue()
+
+            def on_event(req: Request, finished: bool, q=q) -> None:
+                if finished:
+                    engine.metrics.observe_finished(req)
+                loop.call_soon_threadsafe(q.put_nowait, finished)
+
+            reqs.append(engine.make_request(prompt, rid, params, on_event))
+            queues.append(q)
+        try:
+            for req in reqs:
+                sched.submit(req)
+        except Overloaded as err:
+            for req in reqs:
+                sched.call(lambda r=req: sched.abort(r.rid, "queue full"))
+            return _error(503, str(err), retry_after=1)
+
+        if body.get("stream"):
+            if batch:
+                raise BadRequest("stream is supported for a single prompt")
+            return StreamingResponse(
+                _stream(engine, reqs[0], queues[0], return_logprob, return_entropy),
+                media_type="text/event-stream",
+            )
+        try:
+            for q in queues:
+                while not await q.get():
+                    pass
+        except asyncio.CancelledError:  # the client went away: free the slots
+            for req in reqs:
+                sched.call(lambda r=req: sched.abort(r.rid, "client disconnected"))
+            raise
+        results = [engine.response(r, return_logprob, return_entropy) for r in reqs]
+        return results if batch else results[0]
+
+    @app.post("/update_weights_from_disk")
+    async def update_weights_from_disk(request: HTTPRequest):
+        body = await body_of(request)
+        if not isinstance(body.get("model_path"), str):
+            raise BadRequest("model_path (a string) is required")
+        result = await asyncio.get_running_loop().run_in_executor(
+            engine.io,
+            engine.update_from_disk,
+            body["model_path"],
+            body.get("weight_version"),
+            bool(body.get("abort_all_requests", False)),
+        )
+        return JSONResponse(result, status_code=200 if result["success"] else 400)
+
+    @app.post("/init_weights_update_group")
+    async def init_weights_update_group(request: HTTPRequest):
+        body = await body_of(request)
+        try:
+            args = (
+                str(body["master_address"]),
+                int(body["master_port"]),
+                int(body["rank_offset"]),
+                int(body["world_size"]),
+                str(body.get("group_name", "weight_update_group")),
+                str(body.get("backend", "gloo")),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise BadRequest(f"need master_address, master_port, rank_offset, world_size: {err}") from None
+        try:
+            await asyncio.get_running_loop().run_in_executor(engine.io, engine.receiver.init_group, *args)
+        except (ValueError, RuntimeError) as err:
+            return _error(400, f"cannot join the weight update group: {err}", success=False)
+        return {"success": True, "message": "joined the weight update group"}
+
+    @app.post("/update_weights_from_distributed")
+    async def update_weights_from_distributed(request: HTTPRequest):
+        body = await body_of(request)
+        result = await asyncio.get_running_loop().run_in_executor(
+            engine.io, engine.update_from_distributed, body
+        )
+        return JSONResponse(result, status_code=200 if result["success"] else 400)
+
+    @app.post("/pause_generation")
+    async def pause_generation(request: HTTPRequest):
+        body = await body_of(request)
+        mode = body.get("mode", "abort")
+        if mode not in ("abort", "retract", "in_place"):
+            raise BadRequest(f"mode must be abort, retract or in_place, got {mode!r}")
+        await asyncio.wrap_future(sched.call(lambda: sched.pause(mode)))
+        return {"success": True, "mode": mode}
+
+    @app.post("/continue_generation")
+    async def continue_generation():
+        await asyncio.wrap_future(sched.call(sched.resume))
+        return {"success": True}
+
+    @app.post("/abort_request")
+    async def abort_request(request: HTTPRequest):
+        body = await body_of(request)
+        rid = None if body.get("abort_all") else body.get("rid")
+        if rid is None and not body.get("abort_all"):
+            raise BadRequest("give rid or abort_all: true")
+        n = await asyncio.wrap_future(sched.call(lambda: sched.abort(rid)))
+        return {"success": True, "aborted": n}
+
+    @app.post("/flush_cache")
+    async def flush_cache():
+        return {"success": True, "message": "no prefix cache to flush"}
+
+    @app.get("/model_info")
+    async def model_info():
+        return {
+            "model_path": engine.model_path,
+            "tokenizer_path": engine.model_path,
+            "is_generation": True,
+            "weight_version": sched.weight_version,
+            "vocab_size": engine.vocab_size,
+        }
+
+    @app.get("/server_info")
+    async def server_info():
+        cfg = engine.cfg
+        return {
+            "engine": "bebop",
+            "model_path": engine.model_path,
+            "speculative_algorithm": None if cfg.spec == "none" else "NEXTN",
+            "speculative_num_steps": engine.runner.G,
+            "speculative_use_rejection_sampling": cfg.spec == "rejection",
+            "max_running_requests": cfg.max_running,
+            "context_length": cfg.max_len,
+            "weight_version": sched.weight_version,
+            "paused": sched.paused_mode,
+            "running_requests": len(sched.running),
+            "queued_requests": len(sched.waiting),
+        }
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/health_generate")
+    async def health_generate():
+        q: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        req = engine.make_request(
+            [0],
+            None,
+            SamplingParams(max_new_tokens=1, temperature=0.0),
+            lambda r, f: f and loop.call_soon_threadsafe(q.put_nowait, True),
+        )
+        sched.submit(req)
+        await asyncio.wait_for(q.get(), timeout=30)
+        return {"status": "ok", "finish_reason": req.finish_reason}
+
+    @app.get("/metrics")
+    async def metrics():
+        engine.metrics.running.set(len(sched.running))
+        engine.metrics.queued.set(len(sched.waiting))
+        engine.metrics.refresh_rate()
+        return PlainTextResponse(
+            generate_latest(engine.metrics.registry).decode(), media_type="text/plain; version=0.0.4"
+        )
+
+    return app
+
+
+async def _stream(engine: Engine, req: Request, q: asyncio.Queue, return_logprob: bool, return_entropy: bool):
+    """SGLang's SSE stream: one ``data:`` chunk per step (cumulative output), then ``data: [DONE]``."""
+    finished = False
+    while not finished:
+        finished = await q.get()
+        while not q.empty():
+            finished = finished or q.get_nowait()
+        yield f"data: {json.dumps(engine.response(req, return_logprob, return_entropy))}\n\n"
+    yield "data: [DONE]\n\n"
+
+
+def serve_engine(cfg: EngineConfig, host: str, port: int) -> None:
+    import uvicorn
+
+    engine = Engine(cfg)
+    engine.scheduler.start()
+    log.info("engine on %s:%d serving %s (spec %s)", host, port, cfg.model_path, cfg.spec)
+    uvicorn.run(build_app(engine), host=host, port=port, log_level="warning")

@@ -1,0 +1,250 @@
+"""``bebop serve``'s FastAPI app: rollouts, SGLang pass-through, weights, control, engines, health.
+
+Routes stay thin: the work lives in the pool (routing, health), the rollout service (fan-out,
+retries, continuation) and the reload coordinator (all-or-nothing updates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import time
+from typing import Annotated
+
+import httpx
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import generate_latest
+
+from bebop.service.gateway.metrics import GatewayMetrics
+from bebop.service.gateway.pool import EnginePool, NoEngineAvailable
+from bebop.service.gateway.rollouts import EngineRejected, Forwarder, RolloutService
+from bebop.service.gateway.schemas import (
+    EngineRequest,
+    PauseRequest,
+    RolloutRequest,
+    RolloutResponse,
+    WeightsRequest,
+)
+from bebop.service.gateway.settings import GatewaySettings
+from bebop.service.gateway.weights import ReloadCoordinator, ReloadFailed
+
+log = logging.getLogger(__name__)
+MAX_BODY_BYTES = 32 << 20  # 32 MiB: thousands of long prompts fit; larger is a mistake
+
+
+class Gateway:
+    """Everything the routes need, built once from the settings."""
+
+    def __init__(self, settings: GatewaySettings):
+        self.settings = settings
+        limits = httpx.Limits(max_connections=2048, max_keepalive_connections=512)
+        self.client = httpx.AsyncClient(limits=limits, timeout=settings.request_timeout_s)
+        self.pool = EnginePool(self.client, settings.failures_to_open)
+        for url in settings.engine_urls:
+            self.pool.add(url)
+        self.forwarder = Forwarder(self.pool, settings.request_timeout_s)
+        self.reloads = ReloadCoordinator(self.pool, list(settings.weights_roots), settings.request_timeout_s)
+        self.rollouts = RolloutService(self.forwarder, self.reloads)
+        self.metrics = GatewayMetrics()
+        self.inflight = 0
+
+
+def _token_guard(expected: str | None, kind: str):
+    async def check(authorization: Annotated[str | None, Header()] = None) -> None:
+        if expected is None:
+            return
+        given = (authorization or "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), expected.encode()):  # constant time
+            raise HTTPException(
+                401, f"missing or wrong bearer token ({kind})", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    return check
+
+
+def build_app(settings: GatewaySettings) -> FastAPI:
+    gw = Gateway(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if settings.engine_dns:
+            await gw.pool.discover(settings.engine_dns)
+        await gw.pool.check_all()
+        health = asyncio.create_task(gw.pool.health_loop(settings.health_interval_s, settings.engine_dns))
+        yield
+        health.cancel()
+        await gw.client.aclose()
+
+    app = FastAPI(title="Bebop gateway", description="Rollout service for RL trainers", lifespan=lifespan)
+    app.state.gateway = gw
+    api = [Depends(_token_guard(settings.api_token, "api"))]
+    admin = [Depends(_token_guard(settings.admin_token, "admin"))]
+
+    @app.middleware("http")
+    async def limits_and_metrics(request: Request, call_next):
+        size = request.headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
+            return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        start = time.monotonic()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "unmatched")
+        gw.metrics.requests.labels(name, str(response.status_code)).inc()
+        gw.metrics.latency.labels(name).observe(time.monotonic() - start)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", [])), "msg": e.get("msg")} for e in err.errors()]
+        return JSONResponse({"detail": "invalid request", "errors": errors}, status_code=422)
+
+    @app.exception_handler(EngineRejected)
+    async def rejected(_: Request, err: EngineRejected) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=400)
+
+    @app.exception_handler(NoEngineAvailable)
+    async def unavailable(_: Request, err: NoEngineAvailable) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=503, headers={"Retry-After": "1"})
+
+    def admit(samples: int) -> None:
+        if gw.inflight + samples > settings.max_inflight:
+            raise HTTPException(
+                429,
+                f"{gw.inflight} samples in flight; limit {settings.max_inflight}",
+                headers={"Retry-After": "1"},
+            )
+
+    @app.post("/v1/rollouts", response_model=RolloutResponse, dependencies=api, tags=["rollouts"])
+    async def rollouts(req: RolloutRequest):
+        samples = sum(p.n for p in req.prompts)
+        admit(samples)
+        gw.inflight += samples
+        gw.metrics.inflight.set(gw.inflight)
+        if req.stream:
+            return StreamingResponse(_ndjson(gw, req, samples), media_type="application/x-ndjson")
+        try:
+            results = await gw.rollouts.run(req)
+        finally:
+            gw.inflight -= samples
+            gw.metrics.inflight.set(gw.inflight)
+        for r in results:
+            gw.metrics.observe(r, req.task)
+        return RolloutResponse(results=results)
+
+    @app.post("/generate", dependencies=api, tags=["sglang"])
+    async def generate(request: Request):
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return JSONResponse(
+                {"error": {"message": "the body is not valid JSON", "code": 400}}, status_code=400
+            )
+        if not isinstance(body, dict):
+            return JSONResponse(
+                {"error": {"message": "the body must be a JSON object", "code": 400}}, status_code=400
+            )
+        if body.get("stream"):
+            return JSONResponse(
+                {"error": {"message": "stream through the gateway: use /v1/rollouts", "code": 400}},
+                status_code=400,
+            )
+        return await gw.forwarder.generate(body)
+
+    @app.post("/v1/weights", dependencies=admin, tags=["weights"])
+    async def update_weights(req: WeightsRequest):
+        try:
+            gw.reloads.allowed(req.model_path)
+        except PermissionError as err:
+            raise HTTPException(403, str(err)) from None
+        start = time.monotonic()
+        try:
+            result = await gw.reloads.reload(
+                req.model_path, req.version, req.pause_mode, req.continue_aborted
+            )
+        except ReloadFailed as err:
+            gw.metrics.reloads.labels("rolled_back").inc()
+            return JSONResponse({"detail": str(err), "engines": err.engines}, status_code=409)
+        gw.metrics.reloads.labels("success").inc()
+        gw.metrics.reload_seconds.observe(time.monotonic() - start)
+        return result
+
+    @app.get("/v1/weights", tags=["weights"], dependencies=api)
+    async def weights():
+        await gw.pool.check_all()
+        return {
+            "engines": {e.url: e.weight_version for e in gw.pool.engines.values()},
+            "last_reload": gw.reloads.last,
+        }
+
+    async def fan_out(path: str, body: dict) -> dict:
+        return await gw.reloads.post_all(path, body, [e.url for e in gw.pool.healthy()])
+
+    @app.post("/v1/pause", dependencies=admin, tags=["control"])
+    async def pause(req: PauseRequest):
+        return {"engines": await fan_out("/pause_generation", {"mode": req.mode})}
+
+    @app.post("/v1/resume", dependencies=admin, tags=["control"])
+    async def resume():
+        return {"engines": await fan_out("/continue_generation", {})}
+
+    @app.post("/v1/abort", dependencies=admin, tags=["control"])
+    async def abort():
+        return {"engines": await fan_out("/abort_request", {"abort_all": True})}
+
+    @app.get("/v1/engines", dependencies=admin, tags=["engines"])
+    async def engines():
+        return {"engines": [e.as_dict() for e in gw.pool.engines.values()]}
+
+    @app.post("/v1/engines", dependencies=admin, tags=["engines"])
+    async def add_engine(req: EngineRequest):
+        try:
+            engine = gw.pool.add(req.url)
+        except ValueError as err:
+            raise HTTPException(422, str(err)) from None
+        await gw.pool.check(engine)
+        return engine.as_dict()
+
+    @app.delete("/v1/engines", dependencies=admin, tags=["engines"])
+    async def remove_engine(req: EngineRequest):
+        if not gw.pool.remove(req.url):
+            raise HTTPException(404, f"no engine {req.url}")
+        return {"removed": req.url}
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    async def readyz():
+        healthy = len(gw.pool.healthy())
+        if not healthy:
+            return JSONResponse({"status": "no healthy engine"}, status_code=503)
+        return {"status": "ok", "healthy_engines": healthy}
+
+    @app.get("/metrics", tags=["health"])
+    async def metrics():
+        gw.metrics.refresh_engines(gw.pool)
+        return PlainTextResponse(
+            generate_latest(gw.metrics.registry).decode(), media_type="text/plain; version=0.0.4"
+        )
+
+    return app
+
+
+async def _ndjson(gw: Gateway, req: RolloutRequest, samples: int):
+    """One JSON line per finished sample, as samples finish; a failed sample gets an error line."""
+    try:
+        async for item in gw.rollouts.stream(req):
+            if isinstance(item, Exception):
+                yield json.dumps({"error": str(item)}) + "\n"
+            else:
+                gw.metrics.observe(item, req.task)
+                yield item.model_dump_json() + "\n"
+    finally:
+        gw.inflight -= samples
+        gw.metrics.inflight.set(gw.inflight)

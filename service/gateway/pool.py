@@ -1,0 +1,143 @@
+"""The engine pool: health, circuit breaking and least-outstanding-work routing (sticky by session).
+
+Each engine speaks SGLang's native HTTP protocol (``bebop engine`` or SGLang with the plugin).
+The pool polls ``/health`` and ``/model_info`` (for ``weight_version``); an engine that fails
+``failures_to_open`` calls in a row is taken out of rotation until a health check passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+class NoEngineAvailable(RuntimeError):
+    """Every engine is unhealthy or excluded; the gateway answers 503 with Retry-After."""
+
+
+@dataclass
+class EngineState:
+    url: str
+    healthy: bool = False
+    outstanding: int = 0  # requests sent and not answered
+    consecutive_failures: int = 0
+    weight_version: str | None = None
+    model_path: str | None = None
+    last_check: float = 0.0
+    served: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "url": self.url,
+            "healthy": self.healthy,
+            "outstanding": self.outstanding,
+            "weight_version": self.weight_version,
+            "model_path": self.model_path,
+            "served": self.served,
+        }
+
+
+@dataclass
+class EnginePool:
+    client: httpx.AsyncClient
+    failures_to_open: int = 3
+    engines: dict[str, EngineState] = field(default_factory=dict)
+    sessions: dict[str, str] = field(default_factory=dict)  # session_id -> engine url
+    discovered: set[str] = field(default_factory=set)  # urls that came from DNS
+
+    def add(self, url: str) -> EngineState:
+        url = url.rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"engine url must start with http:// or https://, got {url!r}")
+        return self.engines.setdefault(url, EngineState(url))
+
+    def remove(self, url: str) -> bool:
+        url = url.rstrip("/")
+        self.sessions = {s: u for s, u in self.sessions.items() if u != url}
+        return self.engines.pop(url, None) is not None
+
+    def healthy(self) -> list[EngineState]:
+        return [e for e in self.engines.values() if e.healthy]
+
+    def select(self, session_id: str | None = None, exclude: set[str] | None = None) -> EngineState:
+        """Least outstanding work among healthy engines; a session sticks to its engine while healthy."""
+        exclude = exclude or set()
+        candidates = [e for e in self.healthy() if e.url not in exclude]
+        if not candidates:
+            raise NoEngineAvailable("no healthy engine is available")
+        if session_id is not None:
+            url = self.sessions.get(session_id)
+            if url in self.engines and self.engines[url].healthy and url not in exclude:
+                return self.engines[url]
+        chosen = min(candidates, key=lambda e: (e.outstanding, e.served))
+        if session_id is not None:
+            self.sessions[session_id] = chosen.url
+        return chosen
+
+    def record_failure(self, engine: EngineState) -> None:
+        engine.consecutive_failures += 1
+        if engine.consecutive_failures >= self.failures_to_open and engine.healthy:
+            log.warning(
+                "engine %s taken out of rotation after %d failures", engine.url, engine.consecutive_failures
+            )
+            engine.healthy = False
+
+    def record_success(self, engine: EngineState) -> None:
+        engine.consecutive_failures = 0
+        engine.served += 1
+
+    async def check(self, engine: EngineState) -> None:
+        try:
+            r = await self.client.get(engine.url + "/health", timeout=5.0)
+            info = await self.client.get(engine.url + "/model_info", timeout=5.0)
+            ok = r.status_code == 200 and info.status_code == 200
+            if ok:
+                data = info.json()
+                engine.weight_version = data.get("weight_version")
+                engine.model_path = data.get("model_path")
+        except (httpx.HTTPError, ValueError):
+            ok = False
+        if ok and not engine.healthy:
+            log.info("engine %s is healthy", engine.url)
+        engine.healthy = ok
+        if ok:
+            engine.consecutive_failures = 0
+        engine.last_check = time.monotonic()
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check(e) for e in list(self.engines.values())))
+
+    async def discover(self, names: list[str]) -> None:
+        """Resolve each ``host:port`` (a Kubernetes headless service resolves to every pod) and
+        make the pool follow it: new addresses join, vanished ones leave."""
+        loop = asyncio.get_running_loop()
+        found: set[str] = set()
+        for name in names:
+            host, _, port = name.rpartition(":")
+            try:
+                infos = await loop.getaddrinfo(
+                    host, int(port), family=socket.AF_INET, type=socket.SOCK_STREAM
+                )
+            except (OSError, ValueError) as err:
+                log.warning("cannot resolve %s: %s", name, err)
+                return  # keep the pool as it is rather than dropping engines on a DNS hiccup
+            found |= {f"http://{info[4][0]}:{port}" for info in infos}
+        for url in found - self.discovered:
+            self.add(url)
+        for url in self.discovered - found:
+            self.remove(url)
+        self.discovered = found
+
+    async def health_loop(self, interval_s: float, dns_names: list[str] | None = None) -> None:
+        while True:
+            if dns_names:
+                await self.discover(dns_names)
+            await self.check_all()
+            await asyncio.sleep(interval_s)

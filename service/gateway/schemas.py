@@ -1,0 +1,98 @@
+"""The gateway's API schemas (pydantic): what trainers send and get back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_SAMPLES_PER_PROMPT = 1024
+MAX_PROMPTS = 4096
+MAX_NEW_TOKENS = 1 << 16
+
+
+class SamplingParamsIn(BaseModel):
+    """SGLang's sampling parameters, checked here so bad values never reach an engine."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: float = Field(1.0, ge=0.0, le=100.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int = Field(-1, ge=-1)
+    max_new_tokens: int = Field(128, ge=1, le=MAX_NEW_TOKENS)
+    stop_token_ids: list[int] = Field(default_factory=list)
+    ignore_eos: bool = False
+
+    @model_validator(mode="after")
+    def _top_k_not_zero(self) -> SamplingParamsIn:
+        if self.top_k == 0:
+            raise ValueError("top_k must be -1 (off) or >= 1")
+        if any(t < 0 for t in self.stop_token_ids):
+            raise ValueError("stop_token_ids must be non-negative token ids")
+        return self
+
+
+class PromptIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = Field(None, min_length=1)
+    input_ids: list[int] | None = Field(None, min_length=1)
+    n: int = Field(1, ge=1, le=MAX_SAMPLES_PER_PROMPT)
+    session_id: str | None = Field(None, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_input(self) -> PromptIn:
+        if (self.text is None) == (self.input_ids is None):
+            raise ValueError("give exactly one of text or input_ids")
+        if self.input_ids is not None and any(t < 0 for t in self.input_ids):
+            raise ValueError("input_ids must be non-negative token ids")
+        return self
+
+
+class RolloutRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[PromptIn] = Field(min_length=1, max_length=MAX_PROMPTS)
+    sampling_params: SamplingParamsIn = Field(default_factory=SamplingParamsIn)
+    seed: int | None = Field(None, ge=0, lt=2**62, description="sample k of a prompt uses seed + k")
+    return_logprobs: bool = False
+    task: str | None = Field(None, max_length=128, description="label for metrics")
+    stream: bool = False
+
+
+class SpecStats(BaseModel):
+    accept_length: float | None = None
+    accept_rate: float | None = None
+    accept_per_position: list[float | None] = Field(default_factory=list)
+
+
+class RolloutResult(BaseModel):
+    prompt_index: int
+    sample_index: int
+    output_ids: list[int]
+    output_logprobs: list[float | None] | None = None
+    finish_reason: dict | None = None
+    weight_version: str | None = None
+    weight_version_spans: list[list] = Field(default_factory=list)
+    spec: SpecStats = Field(default_factory=SpecStats)
+    entropy_mean: float | None = None
+    text: str | None = None
+
+
+class RolloutResponse(BaseModel):
+    results: list[RolloutResult]
+
+
+class WeightsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model_path: str = Field(min_length=1)
+    version: str = Field(min_length=1, max_length=128)
+    pause_mode: Literal["abort", "retract", "in_place"] = "retract"
+    continue_aborted: bool = False
+
+
+class PauseRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: Literal["abort", "retract", "in_place"] = "retract"
+
+
+class EngineRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=8, max_length=512)

@@ -1,0 +1,43 @@
+"""Gateway settings: one object, read from flags and the environment in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PLACEHOLDER_TOKENS = {"changeme", "change-me", "secret", "token", "xxx", "placeholder"}
+LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+@dataclass
+class GatewaySettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    engine_urls: list[str] = field(default_factory=list)
+    engine_dns: list[str] = field(default_factory=list)  # host:port names resolving to many engines
+    api_token: str | None = None  # BEBOP_API_TOKEN: rollouts and /generate
+    admin_token: str | None = None  # BEBOP_ADMIN_TOKEN: weights, pause, abort, engines
+    weights_roots: list[Path] = field(default_factory=list)  # where /v1/weights may load from
+    request_timeout_s: float = 600.0
+    max_inflight: int = 4096  # accepted rollouts in flight before 429
+    health_interval_s: float = 2.0
+    failures_to_open: int = 3  # consecutive failures that open an engine's circuit
+
+    @classmethod
+    def from_env(cls, **overrides) -> GatewaySettings:
+        s = cls(**overrides)
+        s.api_token = s.api_token or os.environ.get("BEBOP_API_TOKEN") or None
+        s.admin_token = s.admin_token or os.environ.get("BEBOP_ADMIN_TOKEN") or None
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        for name, token in (("BEBOP_API_TOKEN", self.api_token), ("BEBOP_ADMIN_TOKEN", self.admin_token)):
+            if token is not None and (token.lower() in PLACEHOLDER_TOKENS or len(token) < 12):
+                raise ValueError(f"{name} looks like a placeholder: use a random secret of 12+ characters")
+        if self.host not in LOOPBACK and not (self.api_token and self.admin_token):
+            raise ValueError(
+                f"refusing to listen on {self.host} without BEBOP_API_TOKEN and BEBOP_ADMIN_TOKEN: "
+                "without tokens the gateway only listens on loopback"
+            )

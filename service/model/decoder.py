@@ -1,0 +1,211 @@
+"""A Qwen3-architecture decoder, readable in one sitting.
+
+RMSNorm, rotary position embeddings (RoPE, rotate-half layout), grouped-query attention with
+per-head RMSNorm on queries and keys (Qwen3's q/k norm), and a SwiGLU MLP. Parameter names
+follow Hugging Face's ``Qwen3ForCausalLM`` so checkpoints load both ways without renaming.
+
+Shapes: B = batch, T = new tokens, P = cached (past) tokens, C = hidden size,
+H = attention heads, K = key/value heads, D = head dim, V = vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """The subset of a Hugging Face ``qwen3`` config.json that the architecture needs."""
+
+    vocab_size: int = 512
+    hidden_size: int = 128
+    intermediate_size: int = 384
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 32
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 1024
+    tie_word_embeddings: bool = True
+    num_mtp_layers: int = 1  # MTP layers (Qwen3-Next ``mtp.*``); 0 = no draft head
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+    pad_token_id: int | None = None
+    extra: dict = field(default_factory=dict)  # unknown config.json keys, kept for the round trip
+
+
+class RMSNorm(nn.Module):
+    """``x / rms(x) * weight``, computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # One fused op (the same float32 maths as Hugging Face's Qwen3RMSNorm): the engine runs
+        # tiny batches on CPU, where the count of ops, not their size, sets the step time.
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables for integer ``positions`` [B, T] -> two [B, 1, T, D] float32 tensors."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
+    angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
+    angles = torch.cat([angles, angles], -1)  # [B, T, D]
+    return angles.cos()[:, None], angles.sin()[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, H, T, D] by the position angles (rotate-half layout, as in Qwen/Llama)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+
+
+@dataclass
+class LayerCache:
+    """Keys and values of earlier tokens for one layer: two [B, K, P, D] tensors."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with q/k RMSNorm and RoPE."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.n_kv, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, self.n_head * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(cfg.hidden_size, self.n_kv * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_head * self.head_dim, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, cfg.rms_norm_eps)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor | None,
+        past: LayerCache | None = None,
+    ) -> tuple[torch.Tensor, LayerCache]:
+        """x [B, T, C]; mask [B, 1, T, P + T] bool (True = may attend) or None for causal.
+
+        Returns the output [B, T, C] and this layer's keys/values for all P + T tokens.
+        """
+        B, T, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
+        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, K, T, D]
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:
+            k, v = torch.cat([past.k, k], 2), torch.cat([past.v, v], 2)  # [B, K, P + T, D]
+        cache = LayerCache(k, v)
+        causal = mask is None and past is None  # keys are grouped: each serves n_head / n_kv queries
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), cache
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm block: attention and MLP, each added to the residual stream."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope, mask=None, past=None):
+        h, cache = self.self_attn(self.input_layernorm(x), rope, mask, past)
+        x = x + h
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, cache
+
+
+class Backbone(nn.Module):
+    """Embeddings, decoder layers and the final norm (Hugging Face's ``model.*``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+@dataclass
+class DecoderOutput:
+    logits: torch.Tensor  # [B, T, V] float32
+    hidden: torch.Tensor  # [B, T, C] last layer's output before the final norm (the MTP input)
+    cache: list[LayerCache]  # one per layer, covering P + T tokens
+
+
+class Qwen3Model(nn.Module):
+    """Qwen3 causal LM (``model.*`` + ``lm_head``), with an optional MTP draft head (``mtp.*``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        from bebop.service.model.mtp import MTPHead  # the MTP file imports this one's blocks
+
+        self.config = cfg
+        self.model = Backbone(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        self.mtp = MTPHead(cfg) if cfg.num_mtp_layers > 0 else None
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(input_ids)
+
+    def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        past: list[LayerCache] | None = None,
+    ) -> DecoderOutput:
+        """input_ids [B, T]; positions [B, T] (default 0..T-1); mask [B, 1, T, P + T] bool or None
+        (causal over the T new tokens, allowed only without ``past``)."""
+        B, T = input_ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        if past is not None and mask is None:
+            raise ValueError("a mask is required when attending over cached tokens")
+        rope = self.rope(positions)
+        x = self.model.embed_tokens(input_ids)  # [B, T, C]
+        caches = []
+        for i, layer in enumerate(self.model.layers):
+            x, cache = layer(x, rope, mask, past[i] if past is not None else None)
+            caches.append(cache)
+        logits = self.lm_head(self.model.norm(x)).float()
+        return DecoderOutput(logits=logits, hidden=x, cache=caches)

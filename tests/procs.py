@@ -1,0 +1,48 @@
+"""Real server processes on loopback for the integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+BEBOP = str(Path(sys.executable).parent / "bebop")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(args: list[str], port: int, ready_path: str = "/health", timeout: float = 120.0) -> Iterator[str]:
+    """Start ``bebop *args`` and yield its base URL once ``ready_path`` answers 200; stop it after."""
+    proc = subprocess.Popen([BEBOP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"bebop {' '.join(args)} exited {proc.returncode}:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bebop {' '.join(args)} not ready after {timeout} s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,345 @@
+"""Demo tasks with verifiable rewards: one almost deterministic, one free-running.
+
+The demo model is trained on both, and its MTP draft heads are evaluated on each, so the two
+tasks sit at the ends of the entropy range:
+
+- ``arith`` (LOW entropy): two or three two-digit operands joined by ``+``/``-``; the completion
+  works the sum out left to right, one tens step and one units step per operand, so every
+  completion token is fixed by the prompt::
+
+      12+35-18= -> " 12+30=42;42+5=47;47-10=37;37-8=29."
+
+- ``story`` (HIGH entropy): a random grammar with many choices at every position writes two to
+  four sentences about the prompt's topic::
+
+      story about a brave fox: -> " one day, the brave fox wandered slowly across the old bridge. ..."
+
+Every text is lowercase ASCII letters, digits, space and ``+-=;.:,`` so the tokenizer stays
+small. A prompt ends in ``=`` or ``:`` and its completion starts with a space; the full training
+text is ``prompt + completion`` (the trainer appends the end-of-text token).
+
+Training and held-out prompts come from disjoint parts of each prompt space: a prompt is held out
+when a CRC32 of its text falls in one bucket out of ``HELD_OUT_BUCKETS``, whatever the seed. The
+two streams also draw from differently named RNGs, so equal seeds give unrelated sequences.
+"""
+
+from __future__ import annotations
+
+import abc
+import random
+import re
+import zlib
+from dataclasses import dataclass
+
+# One prompt in HELD_OUT_BUCKETS is reserved for evaluation: 1/8 keeps enough prompts on each
+# side (1,525 of the 12,195 two-operand sums, 217 of the 1,760 story prompts).
+HELD_OUT_BUCKETS = 8
+
+# Every character a generated text may contain (checked by the tests).
+ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz0123456789 +-=;.:,")
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str  # the reference completion
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.completion
+
+
+@dataclass(frozen=True)
+class Task(abc.ABC):
+    """A prompt distribution, a reference-completion sampler and a reward in [0, 1]."""
+
+    name: str
+
+    @abc.abstractmethod
+    def sample_prompt(self, rng: random.Random) -> str: ...
+
+    @abc.abstractmethod
+    def complete(self, prompt: str, rng: random.Random) -> str:
+        """A reference completion of one of this task's own prompts."""
+
+    @abc.abstractmethod
+    def reward(self, prompt: str, completion: str) -> float:
+        """Score any completion (a model's included) of ``prompt``; never raises, 0.0 for garbage."""
+
+    def sample(self, rng: random.Random) -> Example:
+        prompt = self.sample_prompt(rng)
+        return Example(prompt, self.complete(prompt, rng))
+
+
+def is_held_out(prompt: str) -> bool:
+    """Whether ``prompt`` belongs to the evaluation side of its task's prompt space."""
+    return zlib.crc32(prompt.encode()) % HELD_OUT_BUCKETS == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# arith
+
+
+# Full credit needs the right final number; otherwise each reference step reproduced at its
+# position earns a share of this, so a wrong answer always scores below one.
+ARITH_STEP_CREDIT = 0.5
+
+# Prompts the reward accepts: a few integers of up to four digits (wider than the generated
+# ones, narrow enough that garbage never builds a huge number).
+_ARITH_PROMPT_RE = re.compile(r"\d{1,4}(?:[+-]\d{1,4}){1,4}=")
+_ARITH_FINAL_RE = re.compile(r"(-?\d{1,7})\s*$")
+
+
+def arith_steps(operands: list[int]) -> list[str]:
+    """The worked steps for ``operands[0] + operands[1] + ...`` (signed operands, |x| < 100 after
+    the first): one tens step and one units step per operand, e.g. [12, -35] ->
+    ["12-30=-18", "-18-5=-23"]."""
+    total = operands[0]
+    steps = []
+    for x in operands[1:]:
+        sign = "-" if x < 0 else "+"
+        tens, units = divmod(abs(x), 10)
+        for part in (tens * 10, units):
+            new = total - part if x < 0 else total + part
+            steps.append(f"{total}{sign}{part}={new}")
+            total = new
+    return steps
+
+
+def _parse_arith_prompt(prompt: str) -> list[int] | None:
+    """``"12+35-7="`` -> [12, 35, -7]; None if the prompt is not a sum."""
+    if _ARITH_PROMPT_RE.fullmatch(prompt) is None:
+        return None
+    return [int(x) for x in re.findall(r"[+-]?\d+", prompt[:-1])]
+
+
+@dataclass(frozen=True)
+class ArithmeticTask(Task):
+    """Sums of two-digit numbers worked out step by step; running totals never go negative.
+
+    Reward: 1.0 when the text before the first ``.`` ends in the right result. Otherwise
+    ``ARITH_STEP_CREDIT`` times the fraction of reference steps that the completion reproduces
+    at the same position (steps are split on ``;``, compared after stripping spaces). Anything
+    after the first ``.`` is ignored, and a completion with no ``.`` cannot earn full credit.
+    """
+
+    name: str = "arith"
+    min_operands: int = 2
+    max_operands: int = 3
+
+    def sample_prompt(self, rng: random.Random) -> str:
+        while True:  # rejection keeps every running total >= 0, so results never carry a sign
+            n = rng.randint(self.min_operands, self.max_operands)
+            operands = [rng.randint(10, 99)]
+            for _ in range(n - 1):
+                operands.append(rng.choice((1, -1)) * rng.randint(10, 99))
+            totals = [sum(operands[: i + 1]) for i in range(n)]
+            if min(totals) >= 0:
+                break
+        return str(operands[0]) + "".join(f"{x:+d}" for x in operands[1:]) + "="
+
+    def complete(self, prompt: str, rng: random.Random) -> str:
+        operands = _parse_arith_prompt(prompt)
+        if operands is None:
+            raise ValueError(f"not an arith prompt: {prompt!r}")
+        return " " + ";".join(arith_steps(operands)) + "."
+
+    def reward(self, prompt: str, completion: str) -> float:
+        operands = _parse_arith_prompt(prompt)
+        if operands is None:
+            return 0.0
+        body, period, _ = completion.partition(".")
+        final = _ARITH_FINAL_RE.search(body)
+        if period and final is not None and int(final.group(1)) == sum(operands):
+            return 1.0
+        reference = arith_steps(operands)
+        steps = [s.strip() for s in body.split(";")]
+        matched = sum(a == b for a, b in zip(steps, reference, strict=False))
+        return ARITH_STEP_CREDIT * matched / len(reference)
+
+
+# ---------------------------------------------------------------------------------------------
+# story
+
+TOPICS = (
+    "fox", "bear", "owl", "rabbit", "wolf", "deer", "otter", "crow", "mouse", "cat", "dog",
+    "horse", "goat", "frog", "duck", "badger", "hedgehog", "squirrel", "beaver", "eagle", "hawk",
+    "lion", "tiger", "whale", "seal", "turtle", "snail", "spider", "bee", "moth", "robot", "girl",
+    "boy", "king", "queen", "farmer", "sailor", "baker", "knight", "wizard", "pirate", "painter",
+    "dragon", "giant",
+)  # fmt: skip
+ADJECTIVES = (
+    "red", "small", "old", "brave", "quiet", "clever", "tired", "happy", "hungry", "curious",
+    "gentle", "lazy", "proud", "shy", "wild", "young", "grey", "golden", "silver", "tiny", "tall",
+    "bold", "calm", "sleepy", "lonely", "kind", "strange", "swift", "wise", "grumpy", "cheerful",
+    "nervous", "fierce", "patient", "restless", "humble", "noisy", "playful", "ancient", "little",
+)  # fmt: skip
+MOTION_VERBS = (
+    "walked", "ran", "wandered", "jumped", "slept", "sang", "danced", "waited", "rested", "hid",
+    "played", "climbed", "swam", "looked", "sat", "stood", "crawled", "raced", "drifted",
+    "hurried", "stayed", "marched",
+)  # fmt: skip
+PREPOSITIONS = (
+    "to", "toward", "near", "across", "through", "under", "over", "behind", "beside", "around",
+    "into", "past", "along", "inside",
+)  # fmt: skip
+PLACES = (
+    "river", "forest", "hill", "village", "meadow", "lake", "garden", "cave", "bridge", "castle",
+    "tower", "market", "field", "barn", "mountain", "valley", "beach", "harbor", "road", "orchard",
+    "island", "pond", "well", "library", "kitchen", "shore", "desert", "swamp", "cliff", "farm",
+)  # fmt: skip
+OBJECT_VERBS = (
+    "found", "saw", "followed", "helped", "met", "chased", "watched", "carried", "painted",
+    "built", "lost", "greeted", "visited", "fed", "dropped", "hid", "mended", "shared", "kept",
+    "counted",
+)  # fmt: skip
+THINGS = (
+    "apple", "stone", "feather", "lantern", "map", "key", "boat", "basket", "letter", "drum",
+    "coin", "candle", "rope", "shell", "flower", "book", "hat", "ring", "bell", "kite", "mirror",
+    "cake", "bowl", "blanket", "box", "seed", "leaf", "cloak", "ladder", "pebble",
+)  # fmt: skip
+ADVERBS = (
+    "slowly", "quickly", "happily", "quietly", "carefully", "bravely", "softly", "suddenly",
+    "gladly", "calmly", "eagerly", "sadly", "proudly", "loudly", "gently",
+)  # fmt: skip
+OPENERS = ("once", "one day", "long ago", "one morning", "at dawn", "in the spring", "last winter")
+CONNECTIVES = (
+    "then", "later", "soon", "meanwhile", "next", "finally", "afterward", "that night",
+    "after a while", "by noon", "in the evening", "so", "but",
+)  # fmt: skip
+# Words the templates below spell out themselves.
+FUNCTION_WORDS = ("the", "a", "an", "it", "they", "and", "felt")
+
+_WORD_GROUPS = (TOPICS, ADJECTIVES, MOTION_VERBS, PREPOSITIONS, PLACES, OBJECT_VERBS, THINGS, ADVERBS)
+STORY_VOCABULARY = frozenset(
+    word
+    for group in (*_WORD_GROUPS, OPENERS, CONNECTIVES, FUNCTION_WORDS)
+    for phrase in group
+    for word in phrase.split()
+)
+
+# Bound of the reward's shape check: a reference sentence has at most 19 words (three-word
+# opener or connective, three-word subject, two six-word clauses joined by "and"), 76 in four.
+STORY_MAX_WORDS = 80
+_STORY_PROMPT_RE = re.compile(r"story about an? ([a-z]+) ([a-z]+):")
+_WORD_RE = re.compile(r"[a-z]+")
+
+
+def _a(word: str) -> str:
+    """The indefinite article and ``word``: ``a fox``, ``an owl``."""
+    return ("an " if word[0] in "aeiou" else "a ") + word
+
+
+@dataclass(frozen=True)
+class StoryTask(Task):
+    """Two to four sentences about the prompt's topic from a grammar with many choices per slot.
+
+    Reward: the mean of four checks, each 0 or 1 --
+    (1) the topic noun of the prompt appears as a word of the completion;
+    (2) the completion has at least one word and every word is in ``STORY_VOCABULARY``, with no
+        characters besides lowercase letters, spaces, ``,`` and ``.``;
+    (3) the completion ends with ``.``;
+    (4) it has ``min_sentences``..``max_sentences`` non-empty sentences and at most
+        ``STORY_MAX_WORDS`` words.
+    A prompt that is not ``story about a <adjective> <topic>:`` scores 0.
+    """
+
+    name: str = "story"
+    min_sentences: int = 2
+    max_sentences: int = 4
+
+    def sample_prompt(self, rng: random.Random) -> str:
+        return f"story about {_a(rng.choice(ADJECTIVES))} {rng.choice(TOPICS)}:"
+
+    def complete(self, prompt: str, rng: random.Random) -> str:
+        m = _STORY_PROMPT_RE.fullmatch(prompt)
+        if m is None:
+            raise ValueError(f"not a story prompt: {prompt!r}")
+        adjective, topic = m.groups()
+        first = f"{rng.choice(OPENERS)}, the {adjective} {topic} {self._clause(rng)}"
+        sentences = [first]
+        for _ in range(rng.randint(self.min_sentences, self.max_sentences) - 1):
+            other = f"{_a(rng.choice(ADJECTIVES))} {rng.choice(TOPICS)}"
+            subject = rng.choice((f"the {topic}", f"the {adjective} {topic}", "it", "they", other))
+            sentence = f"{subject} {self._clause(rng)}"
+            if rng.random() < 0.6:
+                sentence = f"{rng.choice(CONNECTIVES)}, {sentence}"
+            sentences.append(sentence)
+        return "".join(f" {s}." for s in sentences)
+
+    @staticmethod
+    def _clause(rng: random.Random) -> str:
+        """A predicate: move somewhere, act on a thing, or feel something; sometimes two."""
+        parts = []
+        for _ in range(2 if rng.random() < 0.3 else 1):
+            kind = rng.randrange(3)
+            if kind == 0:
+                adverb = f" {rng.choice(ADVERBS)}" if rng.random() < 0.5 else ""
+                place = f"the {rng.choice(ADJECTIVES)} {rng.choice(PLACES)}"
+                parts.append(f"{rng.choice(MOTION_VERBS)}{adverb} {rng.choice(PREPOSITIONS)} {place}")
+            elif kind == 1:
+                parts.append(f"{rng.choice(OBJECT_VERBS)} {_a(rng.choice(ADJECTIVES))} {rng.choice(THINGS)}")
+            else:
+                parts.append(f"felt {rng.choice(ADJECTIVES)}")
+        return " and ".join(parts)
+
+    def reward(self, prompt: str, completion: str) -> float:
+        m = _STORY_PROMPT_RE.fullmatch(prompt)
+        if m is None:
+            return 0.0
+        topic = m.group(2)
+        words = _WORD_RE.findall(completion)
+        sentences = [s for s in completion.split(".") if s.strip()]
+        checks = (
+            topic in words,
+            bool(words)
+            and all(w in STORY_VOCABULARY for w in words)
+            and not re.search(r"[^a-z ,.]", completion),
+            completion.endswith("."),
+            self.min_sentences <= len(sentences) <= self.max_sentences and len(words) <= STORY_MAX_WORDS,
+        )
+        return sum(checks) / len(checks)
+
+
+# ---------------------------------------------------------------------------------------------
+# registry and datasets
+
+TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), StoryTask())}
+
+
+def get_task(name: str) -> Task:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise ValueError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}") from None
+
+
+def _examples(task_name: str, n: int, seed: int, held_out: bool) -> list[Example]:
+    task = get_task(task_name)
+    # A string seed names the stream; random.Random hashes it with SHA-512, so it is stable
+    # across processes (unlike hash()).
+    stream = "held-out" if held_out else "train"
+    rng = random.Random(f"bebop.training.tasks/{stream}/{task_name}/{seed}")
+    out = []
+    while len(out) < n:
+        prompt = task.sample_prompt(rng)
+        if is_held_out(prompt) == held_out:
+            out.append(Example(prompt, task.complete(prompt, rng)))
+    return out
+
+
+def training_examples(task_name: str, n: int, seed: int) -> list[Example]:
+    """``n`` training examples of one task (never a held-out prompt)."""
+    return _examples(task_name, n, seed, held_out=False)
+
+
+def held_out_prompts(task_name: str, n: int, seed: int) -> list[Example]:
+    """``n`` evaluation examples: prompts from the held-out side, with reference completions."""
+    return _examples(task_name, n, seed, held_out=True)
+
+
+def make_corpus(task_names: list[str] | tuple[str, ...], n: int, seed: int) -> list[str]:
+    """``n`` training texts (prompt + completion) per task, shuffled together deterministically."""
+    texts = [ex.text for name in task_names for ex in training_examples(name, n, seed)]
+    random.Random(f"bebop.training.tasks/shuffle/{seed}").shuffle(texts)
+    return texts
