@@ -73,7 +73,11 @@ def test_streaming_returns_one_line_per_sample(gateway):
 
 
 def test_sglang_generate_passes_through(gateway):
-    r = post(gateway, "/generate", {"input_ids": [5, 6], "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}})
+    r = post(
+        gateway,
+        "/generate",
+        {"input_ids": [5, 6], "sampling_params": {"max_new_tokens": 4, "ignore_eos": True}},
+    )
     assert r.status_code == 200 and len(r.json()["output_ids"]) == 4
 
 
