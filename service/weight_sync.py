@@ -1,15 +1,22 @@
-"""Trainer side of the distributed weight push: broadcast new weights straight into every engine.
+"""Trainer side of the distributed weight push: broadcast new weights straight into the engines.
 
-The trainer is rank 0 of a group with every engine: engine i joins as rank 1 + its rank offset
-(``/init_weights_update_group``). A push posts ``/update_weights_from_distributed`` to every
-engine (names, dtypes, shapes, weight_version) and broadcasts each tensor in that order; every
-engine validates what it received before swapping it in.
+The trainer is rank 0 of a process group with every engine; engine i joins at its rank offset.
+A push announces what it is about to broadcast (names, dtypes, shapes, in order), then broadcasts
+each tensor; every engine validates what it received before swapping it in.
+
+Two ways in:
+- through the gateway (``RolloutClient.init_weights_group`` / ``push_weights``): the gateway
+  fans the calls out and makes the update all or nothing across engines;
+- straight to engines (``WeightBroadcaster``), SGLang's protocol with no gateway.
+Both use the helpers here.
 """
 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
 import httpx
@@ -27,15 +34,71 @@ DTYPE_NAMES = {
 
 
 class WeightPushError(RuntimeError):
-    """An engine refused or failed an update; ``details`` maps engine URL to its answer."""
+    """An engine or the gateway refused or failed an update; ``details`` holds their answers."""
 
-    def __init__(self, message: str, details: dict[str, object]):
+    def __init__(self, message: str, details: object):
         super().__init__(f"{message}: {details}")
         self.details = details
 
 
+def tensor_manifest(named_tensors: dict[str, torch.Tensor], group_name: str) -> dict:
+    """The announcement the receivers need to allocate buffers, in broadcast order."""
+    names = list(named_tensors)
+    for name in names:
+        if named_tensors[name].dtype not in DTYPE_NAMES:
+            raise ValueError(f"{name}: dtype {named_tensors[name].dtype} cannot be pushed")
+    return {
+        "names": names,
+        "dtypes": [DTYPE_NAMES[named_tensors[n].dtype] for n in names],
+        "shapes": [list(named_tensors[n].shape) for n in names],
+        "group_name": group_name,
+    }
+
+
+def join_as_rank0(
+    master_address: str, master_port: int, world_size: int, backend: str, timeout_s: float
+) -> None:
+    """Create the group as its rank 0; the engines join from their side at the same time."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    dist.init_process_group(
+        backend=backend,
+        init_method=f"tcp://{master_address}:{master_port}",
+        rank=0,
+        world_size=world_size,
+        timeout=timedelta(seconds=timeout_s),
+    )
+
+
+def broadcast_until_answered(
+    named_tensors: dict[str, torch.Tensor], answer: Future, failed: Callable[[object], bool], timeout_s: float
+) -> object:
+    """Broadcast every tensor from rank 0 while the receivers' HTTP call runs, and return its answer.
+
+    If that call is refused before the receivers took the tensors (bad request, a group that no
+    longer matches), the broadcast can never complete: raise instead of waiting out the timeout.
+    The group is then out of step and must be created again.
+    """
+    sent = [t.detach().contiguous().cpu() for t in named_tensors.values()]  # alive until done
+    works = [dist.broadcast(t, src=0, async_op=True) for t in sent]
+    deadline = time.monotonic() + timeout_s
+    while not all(w.is_completed() for w in works):
+        if answer.done() and failed(answer.result()):
+            raise WeightPushError(
+                "the update was refused before the engines received the weights; "
+                "create the weight group again before the next push",
+                answer.result(),
+            )
+        if time.monotonic() > deadline:
+            raise WeightPushError("the broadcast did not complete", {"timeout_s": timeout_s})
+        time.sleep(0.005)
+    for w in works:
+        w.wait()
+    return answer.result(timeout=timeout_s)
+
+
 class WeightBroadcaster:
-    """Rank 0 of the weight-update group. Use as a context manager to leave the group at the end."""
+    """Rank 0 of a group with engines directly (no gateway). A context manager: leaves the group."""
 
     def __init__(
         self,
@@ -49,7 +112,7 @@ class WeightBroadcaster:
         self.urls = [u.rstrip("/") for u in engine_urls]
         self.group_name = group_name
         self.timeout_s = timeout_s
-        self.pool = ThreadPoolExecutor(max_workers=max(1, len(self.urls)))
+        self.pool = ThreadPoolExecutor(max_workers=len(self.urls) + 1)  # + one that gathers answers
         world = len(self.urls) + 1
         # The engines block in their rendezvous until rank 0 arrives: post first, then join.
         joins = [
@@ -68,13 +131,7 @@ class WeightBroadcaster:
             )
             for i, url in enumerate(self.urls)
         ]
-        dist.init_process_group(
-            backend=backend,
-            init_method=f"tcp://{master_address}:{master_port}",
-            rank=0,
-            world_size=world,
-            timeout=timedelta(seconds=timeout_s),
-        )
+        join_as_rank0(master_address, master_port, world, backend, timeout_s)
         answers = {url: f.result() for url, f in zip(self.urls, joins, strict=True)}
         failed = {u: a for u, a in answers.items() if not a.get("success")}
         if failed:
@@ -84,26 +141,21 @@ class WeightBroadcaster:
         """Broadcast ``named_tensors`` to every engine; returns each engine's answer.
 
         Raises WeightPushError when any engine refused (its old weights keep serving; the caller
-        decides whether to roll the others back).
+        decides whether to roll the others back; the gateway does that for you).
         """
-        names = list(named_tensors)
-        body = {
-            "names": names,
-            "dtypes": [DTYPE_NAMES[named_tensors[n].dtype] for n in names],
-            "shapes": [list(named_tensors[n].shape) for n in names],
-            "group_name": self.group_name,
-            "weight_version": weight_version,
-        }
+        body = {**tensor_manifest(named_tensors, self.group_name), "weight_version": weight_version}
         answers = [
             self.pool.submit(self._post, url, "/update_weights_from_distributed", body) for url in self.urls
         ]
-        for name in names:
-            dist.broadcast(named_tensors[name].detach().contiguous().cpu(), src=0)
-        results = {url: f.result() for url, f in zip(self.urls, answers, strict=True)}
-        failed = {u: a for u, a in results.items() if not a.get("success")}
+        everyone = self.pool.submit(lambda: [f.result() for f in answers])
+        results = broadcast_until_answered(
+            named_tensors, everyone, lambda got: not all(a.get("success") for a in got), self.timeout_s
+        )
+        by_url = dict(zip(self.urls, results, strict=True))
+        failed = {u: a for u, a in by_url.items() if not a.get("success")}
         if failed:
             raise WeightPushError("engines refused the update", failed)
-        return results
+        return by_url
 
     def close(self) -> None:
         if dist.is_initialized():

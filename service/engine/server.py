@@ -55,6 +55,15 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "code": status}, **extra}, status_code=status)
 
 
+@dataclass
+class StagedWeights:
+    """Validated weights held for a two-phase reload until the gateway commits or discards them."""
+
+    state: dict[str, torch.Tensor]
+    version: str | None
+    model_path: str | None  # None when they came over torch.distributed
+
+
 class Engine:
     """The model, its runner and scheduler, the tokenizer, and the metrics of one engine process."""
 
@@ -75,6 +84,7 @@ class Engine:
         self.reload_lock = threading.Lock()  # one weight update at a time
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bebop-weights")
         self.receiver = WeightReceiver()
+        self.staged: StagedWeights | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -161,22 +171,77 @@ class Engine:
         return out
 
     # ------------------------------------------------------------------ weights
-    def update_from_disk(self, model_path: str, version: str | None, abort_all: bool) -> dict:
-        """Validate the checkpoint off the loop thread, then swap it in between two steps."""
+    def update_from_disk(
+        self, model_path: str, version: str | None, abort_all: bool, stage: bool = False
+    ) -> dict:
+        """Validate the checkpoint off the loop thread, then swap it in between two steps.
+
+        With ``stage`` (a Bebop extension to SGLang's call) the validated weights are only held
+        until ``/commit_staged_weights`` or ``/discard_staged_weights``: the gateway's two-phase
+        reload, so an update that fails on one engine never reaches the others.
+        """
         with self.reload_lock:
             try:
                 state = load_checked_state(model_path, self.model)
             except (ValueError, FileNotFoundError, OSError) as err:
                 self.metrics.weight_updates.labels("rejected").inc()
                 return {"success": False, "message": f"checkpoint refused, old weights still serving: {err}"}
+            return self._swap_or_stage(state, version, abort_all, str(Path(model_path).resolve()), stage)
 
-            self._swap(state, version, abort_all, model_path=str(Path(model_path).resolve()))
+    def update_from_distributed(self, body: dict) -> dict:
+        with self.reload_lock:
+            try:
+                state = self.receiver.receive(
+                    list(body.get("names") or []),
+                    list(body.get("dtypes") or []),
+                    list(body.get("shapes") or []),
+                    str(body.get("group_name")),
+                    self.model,
+                )
+            except ValueError as err:
+                self.metrics.weight_updates.labels("rejected").inc()
+                return {"success": False, "message": f"update refused, old weights still serving: {err}"}
+            abort_all = bool(body.get("abort_all_requests", False))
+            return self._swap_or_stage(
+                state, body.get("weight_version"), abort_all, None, bool(body.get("stage"))
+            )
+
+    def _swap_or_stage(
+        self,
+        state: dict[str, torch.Tensor],
+        version: str | None,
+        abort_all: bool,
+        model_path: str | None,
+        stage: bool,
+    ) -> dict:
+        if stage:
+            self.staged = StagedWeights(state, version, model_path)
+            return {"success": True, "staged": True, "message": "weights validated and staged"}
+        self._swap(state, version, abort_all, model_path)
+        self.metrics.weight_updates.labels("success").inc()
+        return {
+            "success": True,
+            "message": "weights updated",
+            "weight_version": self.scheduler.weight_version,
+        }
+
+    def commit_staged(self, abort_all: bool) -> dict:
+        with self.reload_lock:
+            staged, self.staged = self.staged, None
+            if staged is None:
+                return {"success": False, "message": "no staged weights to commit"}
+            self._swap(staged.state, staged.version, abort_all, staged.model_path)
             self.metrics.weight_updates.labels("success").inc()
             return {
                 "success": True,
                 "message": "weights updated",
                 "weight_version": self.scheduler.weight_version,
             }
+
+    def discard_staged(self) -> dict:
+        with self.reload_lock:
+            had, self.staged = self.staged is not None, None
+            return {"success": True, "discarded": had}
 
     def _swap(
         self, state: dict[str, torch.Tensor], version: str | None, abort_all: bool, model_path: str | None
@@ -194,27 +259,6 @@ class Engine:
                 self.model_path = model_path
 
         self.scheduler.call(swap).result()
-
-    def update_from_distributed(self, body: dict) -> dict:
-        with self.reload_lock:
-            try:
-                state = self.receiver.receive(
-                    list(body.get("names") or []),
-                    list(body.get("dtypes") or []),
-                    list(body.get("shapes") or []),
-                    str(body.get("group_name")),
-                    self.model,
-                )
-            except ValueError as err:
-                self.metrics.weight_updates.labels("rejected").inc()
-                return {"success": False, "message": f"update refused, old weights still serving: {err}"}
-            self._swap(state, body.get("weight_version"), bool(body.get("abort_all_requests", False)), None)
-            self.metrics.weight_updates.labels("success").inc()
-            return {
-                "success": True,
-                "message": "weights updated",
-                "weight_version": self.scheduler.weight_version,
-            }
 
 
 def _finite(x: float) -> float | None:
@@ -301,8 +345,20 @@ def build_app(engine: Engine) -> FastAPI:
             body["model_path"],
             body.get("weight_version"),
             bool(body.get("abort_all_requests", False)),
+            bool(body.get("stage", False)),
         )
         return JSONResponse(result, status_code=200 if result["success"] else 400)
+
+    @app.post("/commit_staged_weights")
+    async def commit_staged_weights(request: HTTPRequest):
+        body = await body_of(request)
+        abort_all = bool(body.get("abort_all_requests", False))
+        result = await asyncio.get_running_loop().run_in_executor(engine.io, engine.commit_staged, abort_all)
+        return JSONResponse(result, status_code=200 if result["success"] else 409)
+
+    @app.post("/discard_staged_weights")
+    async def discard_staged_weights():
+        return await asyncio.get_running_loop().run_in_executor(engine.io, engine.discard_staged)
 
     @app.post("/init_weights_update_group")
     async def init_weights_update_group(request: HTTPRequest):
@@ -367,6 +423,7 @@ def build_app(engine: Engine) -> FastAPI:
             "is_generation": True,
             "weight_version": sched.weight_version,
             "vocab_size": engine.vocab_size,
+            "bebop_staged_weights": True,  # accepts "stage" and /commit_staged_weights
         }
 
     @app.get("/server_info")
@@ -379,6 +436,7 @@ def build_app(engine: Engine) -> FastAPI:
             "speculative_num_steps": engine.runner.G,
             "speculative_use_rejection_sampling": cfg.spec == "rejection",
             "max_running_requests": cfg.max_running,
+            "tp_size": 1,  # ranks this engine takes in a weight update group
             "context_length": cfg.max_len,
             "weight_version": sched.weight_version,
             "paused": sched.paused_mode,

@@ -28,10 +28,12 @@ from bebop.service.gateway.schemas import (
     PauseRequest,
     RolloutRequest,
     RolloutResponse,
+    WeightGroupRequest,
+    WeightPushRequest,
     WeightsRequest,
 )
 from bebop.service.gateway.settings import GatewaySettings
-from bebop.service.gateway.weights import ReloadCoordinator, ReloadFailed
+from bebop.service.gateway.weights import GroupMismatch, ReloadCoordinator, ReloadFailed
 
 log = logging.getLogger(__name__)
 MAX_BODY_BYTES = 32 << 20  # 32 MiB: thousands of long prompts fit; larger is a mistake
@@ -161,17 +163,55 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             gw.reloads.allowed(req.model_path)
         except PermissionError as err:
             raise HTTPException(403, str(err)) from None
-        start = time.monotonic()
-        try:
-            result = await gw.reloads.reload(
-                req.model_path, req.version, req.pause_mode, req.continue_aborted
-            )
-        except ReloadFailed as err:
-            gw.metrics.reloads.labels("rolled_back").inc()
-            return JSONResponse({"detail": str(err), "engines": err.engines}, status_code=409)
+        started = time.monotonic()
+        result = await gw.reloads.reload(req.model_path, req.version, req.pause_mode, req.continue_aborted)
+        return reload_outcome(started, result)
+
+    def reload_outcome(started: float, result: dict) -> dict:
         gw.metrics.reloads.labels("success").inc()
-        gw.metrics.reload_seconds.observe(time.monotonic() - start)
+        gw.metrics.reload_seconds.observe(time.monotonic() - started)
         return result
+
+    @app.exception_handler(ReloadFailed)
+    async def reload_failed(_: Request, err: ReloadFailed) -> JSONResponse:
+        gw.metrics.reloads.labels("rolled_back").inc()
+        return JSONResponse({"detail": str(err), "engines": err.engines}, status_code=409)
+
+    @app.exception_handler(GroupMismatch)
+    async def group_mismatch(_: Request, err: GroupMismatch) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, status_code=409)
+
+    @app.get("/v1/weights/group", dependencies=admin, tags=["weights"])
+    async def weight_group():
+        """The layout a trainer needs before it joins: world size and each engine's rank offset."""
+        await gw.pool.check_all()
+        layout = await gw.reloads.group_layout()
+        current = gw.reloads.group
+        return {
+            "world_size": layout.world_size,
+            "ranks": layout.ranks,
+            "group_name": current.name if current else None,
+        }
+
+    @app.post("/v1/weights/group", dependencies=admin, tags=["weights"])
+    async def init_weight_group(req: WeightGroupRequest):
+        """Every engine joins the trainer's group (blocks until the trainer has joined as rank 0)."""
+        return await gw.reloads.init_group(
+            req.master_address, req.master_port, req.world_size, req.group_name, req.backend
+        )
+
+    @app.post("/v1/weights/distributed", dependencies=admin, tags=["weights"])
+    async def push_weights(req: WeightPushRequest):
+        """Stage the trainer's broadcast on every engine, then commit all or none."""
+        manifest = {
+            "names": req.names,
+            "dtypes": req.dtypes,
+            "shapes": req.shapes,
+            "group_name": req.group_name,
+        }
+        started = time.monotonic()
+        result = await gw.reloads.push(manifest, req.version, req.pause_mode, req.continue_aborted)
+        return reload_outcome(started, result)
 
     @app.get("/v1/weights", tags=["weights"], dependencies=api)
     async def weights():

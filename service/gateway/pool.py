@@ -30,6 +30,7 @@ class EngineState:
     consecutive_failures: int = 0
     weight_version: str | None = None
     model_path: str | None = None
+    can_stage: bool = False  # announces two-phase reloads (bebop engines; not stock SGLang)
     last_check: float = 0.0
     served: int = 0
 
@@ -102,6 +103,7 @@ class EnginePool:
                 data = info.json()
                 engine.weight_version = data.get("weight_version")
                 engine.model_path = data.get("model_path")
+                engine.can_stage = bool(data.get("bebop_staged_weights", False))
         except (httpx.HTTPError, ValueError):
             ok = False
         if ok and not engine.healthy:

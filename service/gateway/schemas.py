@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -86,6 +86,36 @@ class WeightsRequest(BaseModel):
     version: str = Field(min_length=1, max_length=128)
     pause_mode: Literal["abort", "retract", "in_place"] = "retract"
     continue_aborted: bool = False
+
+
+class WeightGroupRequest(BaseModel):
+    """The trainer's process group for the distributed push; the trainer is rank 0."""
+
+    model_config = ConfigDict(extra="forbid")
+    master_address: str = Field(min_length=1, max_length=255)
+    master_port: int = Field(ge=1, le=65535)
+    world_size: int = Field(ge=2, le=65536, description="1 + the engines' ranks (GET /v1/weights/group)")
+    group_name: str = Field(default="bebop_weights", min_length=1, max_length=128)
+    backend: Literal["gloo", "nccl"] = "gloo"
+
+
+class WeightPushRequest(BaseModel):
+    """What the trainer is about to broadcast, in order; the engines stage it, then all commit."""
+
+    model_config = ConfigDict(extra="forbid")
+    names: list[str] = Field(min_length=1, max_length=100_000)
+    dtypes: list[Literal["float32", "float16", "bfloat16", "float64"]]
+    shapes: list[list[Annotated[int, Field(ge=0)]]]
+    group_name: str = Field(default="bebop_weights", min_length=1, max_length=128)
+    version: str = Field(min_length=1, max_length=128)
+    pause_mode: Literal["abort", "retract", "in_place"] = "retract"
+    continue_aborted: bool = False
+
+    @model_validator(mode="after")
+    def same_lengths(self) -> WeightPushRequest:
+        if not (len(self.names) == len(self.dtypes) == len(self.shapes)):
+            raise ValueError("names, dtypes and shapes must have the same length")
+        return self
 
 
 class PauseRequest(BaseModel):

@@ -1,9 +1,22 @@
-"""All-or-nothing weight reloads across every engine, one at a time.
+"""All-or-nothing weight reloads across every engine, one at a time, from disk or pushed.
 
-pause every engine (the caller's mode) -> update each from disk (target and MTP head) -> verify
-each reports the new version -> resume. If any engine fails, the ones already updated are rolled
-back to the checkpoint they served before, everything resumes on the old weights, and the call
-fails with per-engine detail. A bad checkpoint never takes serving down.
+A reload is two-phase:
+
+    pause every engine (the caller's mode)
+    -> stage: each engine loads (from disk) or receives (trainer broadcast) the new weights and
+       validates them, but keeps serving the old ones
+    -> commit on every engine only when every engine staged; verify each reports the new version
+    -> resume
+
+If any engine fails to stage, every staged copy is discarded and nothing changed anywhere. Staging
+is a Bebop extension: an engine that ignores it (a stock SGLang server) swaps at once, so when the
+update fails elsewhere such an engine is rolled back to the checkpoint it served before, from disk.
+Either way the call fails with per-engine detail and a bad checkpoint never takes serving down.
+
+The distributed push needs a process group first: ``init_group`` fans ``/init_weights_update_group``
+out to every engine with its rank offset (the trainer is rank 0; an engine with tensor parallelism
+takes ``tp_size`` ranks), and ``push`` then stages ``/update_weights_from_distributed`` on every
+member while the trainer broadcasts.
 """
 
 from __future__ import annotations
@@ -11,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +34,24 @@ from bebop.service.gateway.pool import EnginePool
 
 log = logging.getLogger(__name__)
 
+StageCall = Callable[[list[str]], Awaitable[dict[str, dict]]]
+
 
 class ReloadFailed(Exception):
     def __init__(self, message: str, engines: dict[str, dict]):
         super().__init__(message)
         self.engines = engines
+
+
+class GroupMismatch(ValueError):
+    """The trainer's idea of the group (world size, members) is not the gateway's: a 409."""
+
+
+@dataclass
+class WeightGroup:
+    name: str
+    world_size: int
+    ranks: dict[str, int]  # engine url -> its first rank
 
 
 @dataclass
@@ -36,6 +63,10 @@ class ReloadCoordinator:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     last: dict = field(default_factory=dict)
+    group: WeightGroup | None = None
+    # engine url -> the checkpoint directory its current weights came from; None after a push
+    # (a stock engine that cannot stage can then not be rolled back from disk).
+    checkpoints: dict[str, str | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._idle.set()
@@ -66,32 +97,133 @@ class ReloadCoordinator:
         answers = await asyncio.gather(*(self._post(u, path, body) for u in urls))
         return dict(zip(urls, answers, strict=True))
 
+    # ------------------------------------------------------------------ from disk
     async def reload(self, model_path: str, version: str, pause_mode: str, continue_aborted: bool) -> dict:
-        path = self.allowed(model_path)
+        path = str(self.allowed(model_path))
+        update = {"model_path": path, "weight_version": version}
+
+        async def stage(urls: list[str]) -> dict[str, dict]:
+            return await self._stage_all("/update_weights_from_disk", update, urls)
+
+        urls = [e.url for e in self.pool.healthy()]
+        return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, path)
+
+    # ------------------------------------------------------------------ distributed push
+    async def group_layout(self) -> WeightGroup:
+        """Rank offsets for every healthy engine, in a fixed order: the trainer is rank 0."""
+        urls = sorted(e.url for e in self.pool.healthy())
+        infos = await self._all_info(urls, "/server_info")
+        ranks, next_rank = {}, 1
+        for url in urls:
+            ranks[url] = next_rank
+            next_rank += max(1, int(infos[url].get("tp_size") or 1))
+        return WeightGroup(name="", world_size=next_rank, ranks=ranks)
+
+    async def init_group(
+        self, master_address: str, master_port: int, world_size: int, group_name: str, backend: str
+    ) -> dict:
+        """Every engine joins the trainer's group; blocks until the trainer (rank 0) has joined too."""
+        async with self.lock:
+            layout = await self.group_layout()
+            if not layout.ranks:
+                raise GroupMismatch("no healthy engine to join the group")
+            if world_size != layout.world_size:
+                raise GroupMismatch(
+                    f"world_size {world_size} does not match the engines: expected {layout.world_size} "
+                    f"(the trainer plus {layout.world_size - 1} engine ranks); read GET /v1/weights/group"
+                )
+            bodies = {
+                url: {
+                    "master_address": master_address,
+                    "master_port": master_port,
+                    "rank_offset": rank,
+                    "world_size": world_size,
+                    "group_name": group_name,
+                    "backend": backend,
+                }
+                for url, rank in layout.ranks.items()
+            }
+            answers = await asyncio.gather(
+                *(self._post(u, "/init_weights_update_group", b) for u, b in bodies.items())
+            )
+            results = dict(zip(bodies, answers, strict=True))
+            failed = {u: a for u, a in results.items() if not a.get("success")}
+            self.group = None if failed else WeightGroup(group_name, world_size, layout.ranks)
+            if failed:
+                raise ReloadFailed("some engines could not join the weight update group", results)
+            return {"group_name": group_name, "world_size": world_size, "ranks": layout.ranks}
+
+    async def push(self, manifest: dict, version: str, pause_mode: str, continue_aborted: bool) -> dict:
+        """Stage the trainer's broadcast (``manifest``: names, dtypes, shapes, group_name) on every
+        group member, then commit all or none."""
+        group = self.group
+        if group is None or manifest["group_name"] != group.name:
+            raise GroupMismatch(
+                f"no weight update group named {manifest['group_name']!r}: call POST /v1/weights/group first"
+            )
+        urls = list(group.ranks)
+        missing = [u for u in urls if u not in self.pool.engines or not self.pool.engines[u].healthy]
+        if missing:
+            raise GroupMismatch(f"group members are gone or unhealthy: {missing}; create the group again")
+        body = {**manifest, "weight_version": version}
+
+        async def stage(urls: list[str]) -> dict[str, dict]:
+            return await self._stage_all("/update_weights_from_distributed", body, urls)
+
+        return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, None)
+
+    # ------------------------------------------------------------------ the protocol
+    async def _stage_all(self, path: str, body: dict, urls: list[str]) -> dict[str, dict]:
+        """Ask engines that announce staging to stage; a stock SGLang server would refuse the
+        unknown field, so it gets SGLang's own call and swaps at once."""
+
+        def body_for(url: str) -> dict:
+            return {**body, "stage": True} if self.pool.engines[url].can_stage else body
+
+        answers = await asyncio.gather(*(self._post(u, path, body_for(u)) for u in urls))
+        return dict(zip(urls, answers, strict=True))
+
+    async def _two_phase(
+        self,
+        urls: list[str],
+        version: str,
+        pause_mode: str,
+        continue_aborted: bool,
+        stage: StageCall,
+        checkpoint: str | None,
+    ) -> dict:
         async with self.lock:
             start = time.monotonic()
             self._idle.clear()
             self.continue_aborted = continue_aborted
-            urls = [e.url for e in self.pool.healthy()]
             if not urls:
                 self._idle.set()
                 raise ReloadFailed("no healthy engine to update", {})
-            previous = {e.url: (e.model_path, e.weight_version) for e in self.pool.healthy()}
+            previous = {
+                u: (
+                    self.checkpoints.get(u, self.pool.engines[u].model_path),
+                    self.pool.engines[u].weight_version,
+                )
+                for u in urls
+            }
             try:
                 await self.post_all("/pause_generation", {"mode": pause_mode}, urls)
-                update = {"model_path": str(path), "weight_version": version}
-                results = await self.post_all("/update_weights_from_disk", update, urls)
-                infos = await self._all_info(urls)
-                for url in urls:
-                    got = infos[url].get("weight_version")
-                    if results[url].get("success") and got != version:
-                        results[url] = {
-                            "success": False,
-                            "message": f"reports version {got!r} after the update",
-                        }
-                failed = {u: r for u, r in results.items() if not r.get("success")}
+                results = await stage(urls)
+                ok = [u for u in urls if results[u].get("success")]
+                staged = [u for u in ok if results[u].get("staged")]
+                swapped = [u for u in ok if not results[u].get("staged")]  # engines that cannot stage
+                if len(ok) == len(urls):
+                    results.update(await self.post_all("/commit_staged_weights", {}, staged))
+                    await self._verify_version(urls, version, results)
+                failed = {u for u in urls if not results[u].get("success")}
                 if failed:
-                    rolled = await self._roll_back([u for u in urls if u not in failed], previous)
+                    committed = [
+                        u for u in urls if u not in failed and (u in swapped or len(ok) == len(urls))
+                    ]
+                    await self.post_all(
+                        "/discard_staged_weights", {}, [u for u in staged if u not in committed]
+                    )
+                    rolled = await self._roll_back(committed, previous)
                     detail = {
                         u: {"updated": u not in failed, **results[u], **rolled.get(u, {})} for u in urls
                     }
@@ -101,9 +233,11 @@ class ReloadCoordinator:
                     )
                 for url in urls:
                     self.pool.engines[url].weight_version = version
+                    self.checkpoints[url] = checkpoint
                 self.last = {
                     "version": version,
                     "outcome": "success",
+                    "source": "disk" if checkpoint else "distributed",
                     "seconds": time.monotonic() - start,
                     "engines": {u: {"success": True, "weight_version": version} for u in urls},
                 }
@@ -112,10 +246,17 @@ class ReloadCoordinator:
                 await self.post_all("/continue_generation", {}, urls)
                 self._idle.set()
 
-    async def _all_info(self, urls: list[str]) -> dict[str, dict]:
+    async def _verify_version(self, urls: list[str], version: str, results: dict[str, dict]) -> None:
+        infos = await self._all_info(urls, "/model_info")
+        for url in urls:
+            got = infos[url].get("weight_version")
+            if results[url].get("success") and got != version:
+                results[url] = {"success": False, "message": f"reports version {got!r} after the update"}
+
+    async def _all_info(self, urls: list[str], path: str) -> dict[str, dict]:
         async def info(url: str) -> dict:
             try:
-                return (await self.pool.client.get(url + "/model_info", timeout=30)).json()
+                return (await self.pool.client.get(url + path, timeout=30)).json()
             except (httpx.HTTPError, ValueError):
                 return {}
 
@@ -125,6 +266,13 @@ class ReloadCoordinator:
         out = {}
         for url in urls:
             path, version = previous[url]
+            if path is None:
+                out[url] = {
+                    "rolled_back": False,
+                    "rollback_message": "its previous weights were pushed, not read from disk",
+                }
+                log.error("cannot roll back %s: its previous weights came from a distributed push", url)
+                continue
             answer = await self._post(
                 url, "/update_weights_from_disk", {"model_path": path, "weight_version": version}
             )

@@ -1,0 +1,113 @@
+"""The distributed push through the gateway: a separate trainer process joins a group with every
+engine (rank offsets handed out by the gateway) and broadcasts new weights; all engines commit them
+or none does."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import httpx
+import pytest
+
+from tests.procs import free_port, running
+
+TRAINER = textwrap.dedent(
+    """
+    import json, sys, torch
+    from bebop.service.client import RolloutClient, RolloutError, WeightPushError
+    from bebop.service.model import load_model
+
+    gateway, model_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    model = load_model(model_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # "one training step": every tensor moves, head included
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied
+    out = {}
+    with RolloutClient(gateway) as client:
+        out["layout"] = client.init_weights_group(master_port=port)
+        out["good"] = client.push_weights(state, "pushed-1", pause_mode="in_place")
+        bad = dict(state)
+        bad["mtp.fc.weight"] = torch.full_like(bad["mtp.fc.weight"], float("inf"))  # the head alone
+        try:
+            client.push_weights(bad, "pushed-2")
+        except RolloutError as err:
+            out["bad"] = {"status": err.status, "detail": err.detail}
+        try:  # refused by the gateway before any engine receives: the SDK must not hang
+            client.push_weights(state, "")
+        except WeightPushError as err:
+            out["early"] = str(err)
+    print(json.dumps(out))
+    """
+)
+GREEDY = {
+    "input_ids": [5, 6, 7],
+    "sampling_params": {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True},
+}
+
+
+@pytest.fixture(scope="module")
+def stack(quick_model):
+    ports = [free_port(), free_port(), free_port()]
+    with (
+        running(["engine", "--model", str(quick_model), "--port", str(ports[0])], ports[0]) as a,
+        running(["engine", "--model", str(quick_model), "--port", str(ports[1])], ports[1]) as b,
+    ):
+        args = ["serve", "--port", str(ports[2]), "--engine-url", a, "--engine-url", b]
+        with running(args, ports[2], ready_path="/readyz") as gateway:
+            yield gateway, [a, b]
+
+
+def greedy(url):
+    r = httpx.post(url + "/generate", json=GREEDY, timeout=60).json()
+    return r["output_ids"], r["meta_info"]["weight_version"]
+
+
+def test_trainer_push_reaches_every_engine_all_or_nothing(stack, quick_model):
+    gateway, engines = stack
+    before = [greedy(e)[0] for e in engines]
+    layout = httpx.get(gateway + "/v1/weights/group").json()
+    assert layout["world_size"] == 3 and sorted(layout["ranks"].values()) == [1, 2]
+
+    out = subprocess.run(
+        [sys.executable, "-c", TRAINER, gateway, str(quick_model), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["layout"]["world_size"] == 3
+    assert result["good"]["outcome"] == "success" and result["good"]["source"] == "distributed"
+
+    # every engine serves the pushed weights, the same ones, and they are new
+    after = [greedy(e) for e in engines]
+    assert {v for _, v in after} == {"pushed-1"}
+    assert after[0][0] == after[1][0] and after[0][0] != before[0]
+    assert httpx.get(gateway + "/v1/weights").json()["engines"] == dict.fromkeys(engines, "pushed-1")
+
+    # a push with a non-finite MTP tensor is refused by every engine: nothing changed anywhere
+    assert result["bad"]["status"] == 409
+    detail = result["bad"]["detail"]["engines"]
+    assert set(detail) == set(engines) and all("Inf" in d["message"] for d in detail.values())
+    assert [greedy(e) for e in engines] == after
+
+    # an invalid request is refused up front, and the SDK says so rather than hanging
+    assert "refused before the engines received" in result["early"]
+
+
+def test_push_without_a_group_or_with_bad_manifest_is_a_4xx(stack):
+    gateway, _ = stack
+    body = {"names": ["x"], "dtypes": ["float32"], "shapes": [[1]], "group_name": "nope", "version": "v"}
+    r = httpx.post(gateway + "/v1/weights/distributed", json=body, timeout=30)
+    assert r.status_code == 409 and "no weight update group" in r.json()["detail"]
+    r = httpx.post(gateway + "/v1/weights/distributed", json={**body, "dtypes": []}, timeout=30)
+    assert r.status_code == 422
+    r = httpx.post(
+        gateway + "/v1/weights/group",
+        json={"master_address": "127.0.0.1", "master_port": 1234, "world_size": 7},
+        timeout=30,
+    )
+    assert r.status_code == 409 and "expected 3" in r.json()["detail"]
