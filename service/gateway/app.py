@@ -151,10 +151,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
                 {"error": {"message": "the body must be a JSON object", "code": 400}}, status_code=400
             )
         if body.get("stream"):
-            return JSONResponse(
-                {"error": {"message": "stream through the gateway: use /v1/rollouts", "code": 400}},
-                status_code=400,
-            )
+            return StreamingResponse(await gw.forwarder.stream(body), media_type="text/event-stream")
         return await gw.forwarder.generate(body)
 
     @app.post("/v1/weights", dependencies=admin, tags=["weights"])

@@ -9,6 +9,7 @@ prefix on the new weights; its ``weight_version_spans`` then record which tokens
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from bebop.service.gateway.pool import EnginePool, NoEngineAvailable
+from bebop.service.gateway.pool import EnginePool, EngineState, NoEngineAvailable
 from bebop.service.gateway.schemas import RolloutRequest, RolloutResult, SpecStats
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,39 @@ class Forwarder:
     timeout_s: float
 
     async def generate(self, body: dict[str, Any], session_id: str | None = None) -> dict[str, Any]:
+        engine, r = await self._open(body, session_id, stream=False)
+        engine.outstanding -= 1
+        self.pool.record_success(engine)
+        return r.json()
+
+    async def stream(self, body: dict[str, Any], session_id: str | None = None) -> AsyncIterator[bytes]:
+        """SGLang's server-sent events from one engine, relayed as they come.
+
+        Retries happen only before the first byte; an engine that fails mid-stream ends the stream
+        with an explicit SSE error event rather than a silent cut.
+        """
+        engine, r = await self._open(body, session_id, stream=True)
+
+        async def relay() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in r.aiter_raw():
+                    yield chunk
+                self.pool.record_success(engine)
+            except httpx.HTTPError as err:
+                self.pool.record_failure(engine)
+                message = f"engine {engine.url} failed mid-stream: {type(err).__name__}"
+                yield f"data: {json.dumps({'error': {'message': message, 'code': 502}})}\n\n".encode()
+            finally:
+                engine.outstanding -= 1
+                await r.aclose()
+
+        return relay()
+
+    async def _open(
+        self, body: dict[str, Any], session_id: str | None, stream: bool
+    ) -> tuple[EngineState, httpx.Response]:
+        """The first engine that answers 2xx, with its response (streaming or read) and its
+        ``outstanding`` count still raised: the caller lowers it when done."""
         tried: set[str] = set()
         last_error = "no engine tried"
         while True:
@@ -49,13 +83,21 @@ class Forwarder:
             tried.add(engine.url)
             engine.outstanding += 1
             try:
-                r = await self.pool.client.post(engine.url + "/generate", json=body, timeout=self.timeout_s)
+                request = self.pool.client.build_request(
+                    "POST", engine.url + "/generate", json=body, timeout=self.timeout_s
+                )
+                r = await self.pool.client.send(request, stream=stream)
+                if r.status_code >= 400 and stream:
+                    await r.aread()
+                    await r.aclose()
             except httpx.HTTPError as err:  # nothing came back: safe to retry elsewhere (same seed)
+                engine.outstanding -= 1
                 self.pool.record_failure(engine)
                 last_error = f"{engine.url}: {type(err).__name__}"
                 continue
-            finally:
-                engine.outstanding -= 1
+            if r.status_code < 400:
+                return engine, r
+            engine.outstanding -= 1
             if r.status_code in (429, 503):  # busy, not broken: try another engine
                 last_error = f"{engine.url}: busy (HTTP {r.status_code})"
                 continue
@@ -63,10 +105,7 @@ class Forwarder:
                 self.pool.record_failure(engine)
                 last_error = f"{engine.url}: HTTP {r.status_code}"
                 continue
-            if r.status_code >= 400:
-                raise EngineRejected(r.status_code, _message(r))
-            self.pool.record_success(engine)
-            return r.json()
+            raise EngineRejected(r.status_code, _message(r))
 
 
 def _message(r: httpx.Response) -> str:

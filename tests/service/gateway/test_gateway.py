@@ -81,6 +81,22 @@ def test_sglang_generate_passes_through(gateway):
     assert r.status_code == 200 and len(r.json()["output_ids"]) == 4
 
 
+def test_sglang_generate_streams_through(gateway):
+    body = {
+        "input_ids": [5, 6],
+        "sampling_params": {"max_new_tokens": 6, "sampling_seed": 3, "ignore_eos": True},
+    }
+    whole = post(gateway, "/generate", body).json()
+    with httpx.stream("POST", gateway + "/generate", json={**body, "stream": True}, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]" and len(events) >= 3  # several chunks, not one buffered answer
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[-1]["output_ids"] == whole["output_ids"]  # same seed: the same tokens
+    r = post(gateway, "/generate", {"input_ids": [10**9], "stream": True})
+    assert r.status_code == 400 and "vocab" in r.text  # refused before streaming starts
+
+
 @pytest.mark.parametrize(
     "body",
     [
