@@ -84,6 +84,8 @@ def _serve(args: argparse.Namespace) -> int:
             engine_urls=list(args.engine_url or []),
             engine_dns=list(args.engine_dns or []),
             weights_roots=[Path(p) for p in args.weights_root or []],
+            max_inflight=args.max_inflight,
+            request_timeout_s=args.request_timeout,
         )
     except ValueError as err:
         logging.getLogger("bebop").error("%s", err)
@@ -193,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--spec", default="rejection", choices=["none", "target_only", "rejection"])
     serve.add_argument("--max-running", type=int, default=16, help="per embedded engine")
     serve.add_argument("--weights-root", action="append", help="directories /v1/weights may load from")
+    serve.add_argument(
+        "--max-inflight", type=int, default=4096, help="rollout samples in flight before 429 + Retry-After"
+    )
+    serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds per engine call")
     serve.set_defaults(func=_serve)
 
     engine = commands.add_parser("engine", help="run the embedded engine (SGLang-compatible HTTP server)")

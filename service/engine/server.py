@@ -95,6 +95,8 @@ class Engine:
         """Prompts as token ids, their rids, and whether the request was a batch."""
         if "input_ids" in body and body["input_ids"] is not None:
             ids = body["input_ids"]
+            if not isinstance(ids, list):
+                raise BadRequest("input_ids must be a list of token ids or a list of such lists")
             batch = bool(ids) and isinstance(ids[0], list)
             prompts = ids if batch else [ids]
         elif "text" in body and body["text"] is not None:
@@ -117,6 +119,8 @@ class Engine:
                 raise BadRequest(f"input_ids outside the vocabulary [0, {self.vocab_size}): {bad[:5]}")
         rid = body.get("rid")
         rids = rid if isinstance(rid, list) else [rid] * len(prompts)
+        if not all(r is None or isinstance(r, str) for r in rids):
+            raise BadRequest("rid must be a string or a list of strings")
         if len(rids) != len(prompts):
             raise BadRequest("rid must have one entry per prompt")
         if batch and isinstance(rid, str):

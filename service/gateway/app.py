@@ -36,6 +36,27 @@ from bebop.service.gateway.settings import GatewaySettings
 from bebop.service.gateway.weights import GroupMismatch, ReloadCoordinator, ReloadFailed
 
 log = logging.getLogger(__name__)
+SGLANG_GENERATE_DOC = {
+    "summary": "SGLang /generate, passed through to one engine (stream: server-sent events)",
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "text": {"type": "string"},
+                        "input_ids": {"type": "array", "items": {"type": "integer"}},
+                        "sampling_params": {"type": "object"},
+                        "stream": {"type": "boolean"},
+                        "return_logprob": {"type": "boolean"},
+                        "rid": {"type": "string"},
+                    },
+                }
+            }
+        },
+    },
+}
 MAX_BODY_BYTES = 32 << 20  # 32 MiB: thousands of long prompts fit; larger is a mistake
 
 
@@ -138,7 +159,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             gw.metrics.observe(r, req.task)
         return RolloutResponse(results=results)
 
-    @app.post("/generate", dependencies=api, tags=["sglang"])
+    @app.post("/generate", dependencies=api, tags=["sglang"], openapi_extra=SGLANG_GENERATE_DOC)
     async def generate(request: Request):
         try:
             body = await request.json()
@@ -160,6 +181,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             gw.reloads.allowed(req.model_path)
         except PermissionError as err:
             raise HTTPException(403, str(err)) from None
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
         started = time.monotonic()
         result = await gw.reloads.reload(req.model_path, req.version, req.pause_mode, req.continue_aborted)
         return reload_outcome(started, result)

@@ -19,22 +19,23 @@ class SamplingParamsIn(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(-1, ge=-1)
     max_new_tokens: int = Field(128, ge=1, le=MAX_NEW_TOKENS)
-    stop_token_ids: list[int] = Field(default_factory=list)
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
     ignore_eos: bool = False
 
     @model_validator(mode="after")
     def _top_k_not_zero(self) -> SamplingParamsIn:
         if self.top_k == 0:
             raise ValueError("top_k must be -1 (off) or >= 1")
-        if any(t < 0 for t in self.stop_token_ids):
-            raise ValueError("stop_token_ids must be non-negative token ids")
         return self
 
 
 class PromptIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["input_ids"]}]},
+    )
     text: str | None = Field(None, min_length=1)
-    input_ids: list[int] | None = Field(None, min_length=1)
+    input_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
     n: int = Field(1, ge=1, le=MAX_SAMPLES_PER_PROMPT)
     session_id: str | None = Field(None, max_length=256)
 
@@ -42,8 +43,6 @@ class PromptIn(BaseModel):
     def _one_input(self) -> PromptIn:
         if (self.text is None) == (self.input_ids is None):
             raise ValueError("give exactly one of text or input_ids")
-        if self.input_ids is not None and any(t < 0 for t in self.input_ids):
-            raise ValueError("input_ids must be non-negative token ids")
         return self
 
 

@@ -76,7 +76,9 @@ class ReloadCoordinator:
 
     def allowed(self, model_path: str) -> Path:
         """The resolved path if it lies under an allowed root (the served models' directories and
-        --weights-root); raises PermissionError otherwise."""
+        --weights-root); raises PermissionError otherwise, ValueError for a path that cannot exist."""
+        if "\x00" in model_path:
+            raise ValueError("model_path contains a NUL byte")
         path = Path(model_path).resolve()
         roots = [r.resolve() for r in self.roots]
         roots += [Path(e.model_path).resolve().parent for e in self.pool.engines.values() if e.model_path]
