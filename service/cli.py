@@ -42,6 +42,33 @@ def _engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_gateway(args: argparse.Namespace) -> int:
+    from bebop.service.gateway.bench import Workload, find_smg, run_gateway_bench
+    from bebop.training.demo_path import demo_model_dir
+
+    workloads = [Workload(args.concurrency, args.requests, args.max_new_tokens)]
+    if args.short:  # many tiny requests: the gateway's own per-request cost, not the engines'
+        workloads.append(Workload(args.short_concurrency, args.requests * 4, 1))
+    smg = None if args.no_smg else find_smg(args.smg)
+    report = run_gateway_bench(
+        Path(args.model) if args.model else demo_model_dir(),
+        args.engines,
+        workloads,
+        args.rounds,
+        smg,
+        args.max_running,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    keys = ["target", "concurrency", "max_new_tokens", "tokens_per_s", "requests_per_s", "p50_ms", "p99_ms"]
+    print(" | ".join([*keys, "throughput_loss", "errors"]))
+    for r in report["rows"]:
+        cells = [r[k] for k in [*keys, "throughput_loss", "errors"]]
+        print(" | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells))
+    return 0
+
+
 def _bench_engine(args: argparse.Namespace) -> int:
     from bebop.service.bench_engine import run_engine_bench
     from bebop.training.demo_path import demo_model_dir
@@ -290,6 +317,22 @@ def build_parser() -> argparse.ArgumentParser:
     engine_bench.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
     engine_bench.add_argument("--json", action="store_true")
     engine_bench.set_defaults(func=_bench_engine)
+    gw_bench = bench_kinds.add_parser(
+        "gateway", help="throughput/latency through bebop serve and smg against the engines directly"
+    )
+    gw_bench.add_argument("--model", default=None, help="model directory (default: the demo model)")
+    gw_bench.add_argument("--engines", type=int, default=2)
+    gw_bench.add_argument("--max-running", type=int, default=32, help="per engine")
+    gw_bench.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    gw_bench.add_argument("--requests", type=int, default=256, help="requests per target per round")
+    gw_bench.add_argument("--max-new-tokens", type=int, default=32)
+    gw_bench.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median reported)")
+    gw_bench.add_argument("--short", action="store_true", help="also 1-token requests at --short-concurrency")
+    gw_bench.add_argument("--short-concurrency", type=int, default=256)
+    gw_bench.add_argument("--smg", default=None, help="smg binary (default: PATH, then .cache/smg-venv)")
+    gw_bench.add_argument("--no-smg", action="store_true", help="skip the SGLang model gateway peer")
+    gw_bench.add_argument("--json", action="store_true")
+    gw_bench.set_defaults(func=_bench_gateway)
     return parser
 
 

@@ -16,7 +16,7 @@ from bebop.service.gateway.settings import GatewaySettings
 log = logging.getLogger(__name__)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -40,7 +40,7 @@ def spawn_engines(
     bebop = str(Path(sys.executable).parent / "bebop")
     procs, urls = [], []
     for _ in range(n):
-        port = _free_port()
+        port = free_port()
         cmd = [bebop, "engine", "--model", model, "--port", str(port), "--spec", spec, *extra]
         procs.append(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
         urls.append(f"http://127.0.0.1:{port}")
