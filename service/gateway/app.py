@@ -14,13 +14,13 @@ import logging
 import time
 from typing import Annotated
 
-import httpx
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
 
 from bebop.service.gateway.metrics import GatewayMetrics
+from bebop.service.gateway.middleware import LimitsAndMetrics
 from bebop.service.gateway.pool import EnginePool, NoEngineAvailable
 from bebop.service.gateway.rollouts import EngineRejected, Forwarder, RolloutService
 from bebop.service.gateway.schemas import (
@@ -33,6 +33,7 @@ from bebop.service.gateway.schemas import (
     WeightsRequest,
 )
 from bebop.service.gateway.settings import GatewaySettings
+from bebop.service.gateway.upstream import Upstream
 from bebop.service.gateway.weights import GroupMismatch, ReloadCoordinator, ReloadFailed
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,7 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
-        limits = httpx.Limits(max_connections=2048, max_keepalive_connections=512)
-        self.client = httpx.AsyncClient(limits=limits, timeout=settings.request_timeout_s)
+        self.client = Upstream(settings.request_timeout_s)
         self.pool = EnginePool(self.client, settings.failures_to_open)
         for url in settings.engine_urls:
             self.pool.add(url)
@@ -101,25 +101,14 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         health = asyncio.create_task(gw.pool.health_loop(settings.health_interval_s, settings.engine_dns))
         yield
         health.cancel()
-        await gw.client.aclose()
+        await gw.client.close()
 
     app = FastAPI(title="Bebop gateway", description="Rollout service for RL trainers", lifespan=lifespan)
     app.state.gateway = gw
     api = [Depends(_token_guard(settings.api_token, "api"))]
     admin = [Depends(_token_guard(settings.admin_token, "admin"))]
 
-    @app.middleware("http")
-    async def limits_and_metrics(request: Request, call_next):
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > MAX_BODY_BYTES):
-            return JSONResponse({"detail": f"body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
-        start = time.monotonic()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        name = getattr(route, "path", "unmatched")
-        gw.metrics.requests.labels(name, str(response.status_code)).inc()
-        gw.metrics.latency.labels(name).observe(time.monotonic() - start)
-        return response
+    app.add_middleware(LimitsAndMetrics, metrics=gw.metrics, max_body_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -157,7 +146,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             gw.metrics.inflight.set(gw.inflight)
         for r in results:
             gw.metrics.observe(r, req.task)
-        return RolloutResponse(results=results)
+        # Serialized once here: returning the model would have FastAPI validate it all over again.
+        return Response(RolloutResponse(results=results).model_dump_json(), media_type="application/json")
 
     @app.post("/generate", dependencies=api, tags=["sglang"], openapi_extra=SGLANG_GENERATE_DOC)
     async def generate(request: Request):
@@ -173,7 +163,8 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             )
         if body.get("stream"):
             return StreamingResponse(await gw.forwarder.stream(body), media_type="text/event-stream")
-        return await gw.forwarder.generate(body)
+        answer = await gw.forwarder.generate_response(body)
+        return Response(answer.content, media_type="application/json")  # as the engine wrote it
 
     @app.post("/v1/weights", dependencies=admin, tags=["weights"])
     async def update_weights(req: WeightsRequest):

@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-import httpx
+from bebop.service.gateway.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class EngineState:
 
 @dataclass
 class EnginePool:
-    client: httpx.AsyncClient
+    client: Upstream
     failures_to_open: int = 3
     engines: dict[str, EngineState] = field(default_factory=dict)
     sessions: dict[str, str] = field(default_factory=dict)  # session_id -> engine url
@@ -96,15 +96,15 @@ class EnginePool:
 
     async def check(self, engine: EngineState) -> None:
         try:
-            r = await self.client.get(engine.url + "/health", timeout=5.0)
-            info = await self.client.get(engine.url + "/model_info", timeout=5.0)
+            r = await self.client.get(engine.url + "/health", 5.0)
+            info = await self.client.get(engine.url + "/model_info", 5.0)
             ok = r.status_code == 200 and info.status_code == 200
             if ok:
                 data = info.json()
                 engine.weight_version = data.get("weight_version")
                 engine.model_path = data.get("model_path")
                 engine.can_stage = bool(data.get("bebop_staged_weights", False))
-        except (httpx.HTTPError, ValueError):
+        except (UpstreamError, ValueError):
             ok = False
         if ok and not engine.healthy:
             log.info("engine %s is healthy", engine.url)

@@ -16,10 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from bebop.service.gateway.pool import EnginePool, EngineState, NoEngineAvailable
 from bebop.service.gateway.schemas import RolloutRequest, RolloutResult, SpecStats
+from bebop.service.gateway.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,16 @@ class Forwarder:
     timeout_s: float
 
     async def generate(self, body: dict[str, Any], session_id: str | None = None) -> dict[str, Any]:
+        return (await self.generate_response(body, session_id)).json()
+
+    async def generate_response(
+        self, body: dict[str, Any], session_id: str | None = None
+    ) -> UpstreamResponse:
+        """The engine's answer, unparsed: the pass-through relays its bytes as they are."""
         engine, r = await self._open(body, session_id, stream=False)
         engine.outstanding -= 1
         self.pool.record_success(engine)
-        return r.json()
+        return r
 
     async def stream(self, body: dict[str, Any], session_id: str | None = None) -> AsyncIterator[bytes]:
         """SGLang's server-sent events from one engine, relayed as they come.
@@ -55,24 +60,25 @@ class Forwarder:
 
         async def relay() -> AsyncIterator[bytes]:
             try:
-                async for chunk in r.aiter_raw():
+                async for chunk in r.chunks():
                     yield chunk
                 self.pool.record_success(engine)
-            except httpx.HTTPError as err:
+            except UpstreamError as err:
                 self.pool.record_failure(engine)
-                message = f"engine {engine.url} failed mid-stream: {type(err).__name__}"
+                message = f"engine {engine.url} failed mid-stream: {err}"
                 yield f"data: {json.dumps({'error': {'message': message, 'code': 502}})}\n\n".encode()
             finally:
                 engine.outstanding -= 1
-                await r.aclose()
+                r.close()
 
         return relay()
 
     async def _open(
         self, body: dict[str, Any], session_id: str | None, stream: bool
-    ) -> tuple[EngineState, httpx.Response]:
+    ) -> tuple[EngineState, Any]:
         """The first engine that answers 2xx, with its response (streaming or read) and its
-        ``outstanding`` count still raised: the caller lowers it when done."""
+        ``outstanding`` count still raised: the caller lowers it when done. The response is an
+        ``UpstreamStream`` when ``stream``, else an ``UpstreamResponse``."""
         tried: set[str] = set()
         last_error = "no engine tried"
         while True:
@@ -82,18 +88,19 @@ class Forwarder:
                 raise NoEngineAvailable(f"no healthy engine could serve the request ({last_error})") from None
             tried.add(engine.url)
             engine.outstanding += 1
+            url = engine.url + "/generate"
             try:
-                request = self.pool.client.build_request(
-                    "POST", engine.url + "/generate", json=body, timeout=self.timeout_s
-                )
-                r = await self.pool.client.send(request, stream=stream)
-                if r.status_code >= 400 and stream:
-                    await r.aread()
-                    await r.aclose()
-            except httpx.HTTPError as err:  # nothing came back: safe to retry elsewhere (same seed)
+                if stream:
+                    r = await self.pool.client.open_stream(url, body, self.timeout_s)
+                    if r.status_code >= 400:
+                        opened, r = r, await r.read()
+                        opened.close()
+                else:
+                    r = await self.pool.client.post(url, body, self.timeout_s)
+            except UpstreamError as err:  # nothing came back: safe to retry elsewhere (same seed)
                 engine.outstanding -= 1
                 self.pool.record_failure(engine)
-                last_error = f"{engine.url}: {type(err).__name__}"
+                last_error = f"{engine.url}: {err}"
                 continue
             if r.status_code < 400:
                 return engine, r
@@ -108,7 +115,7 @@ class Forwarder:
             raise EngineRejected(r.status_code, _message(r))
 
 
-def _message(r: httpx.Response) -> str:
+def _message(r: UpstreamResponse) -> str:
     try:
         data = r.json()
         return str(data.get("error", {}).get("message") or data.get("message") or data)

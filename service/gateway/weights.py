@@ -28,9 +28,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
 from bebop.service.gateway.pool import EnginePool
+from bebop.service.gateway.upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +87,11 @@ class ReloadCoordinator:
 
     async def _post(self, url: str, path: str, body: dict) -> dict:
         try:
-            r = await self.pool.client.post(url + path, json=body, timeout=self.timeout_s)
+            r = await self.pool.client.post(url + path, body, self.timeout_s)
             data = r.json()
             data.setdefault("success", r.status_code == 200)
             return data
-        except (httpx.HTTPError, ValueError) as err:
+        except (UpstreamError, ValueError) as err:
             return {"success": False, "message": f"{type(err).__name__}: {err}"}
 
     async def post_all(self, path: str, body: dict, urls: list[str]) -> dict[str, dict]:
@@ -258,8 +257,8 @@ class ReloadCoordinator:
     async def _all_info(self, urls: list[str], path: str) -> dict[str, dict]:
         async def info(url: str) -> dict:
             try:
-                return (await self.pool.client.get(url + path, timeout=30)).json()
-            except (httpx.HTTPError, ValueError):
+                return (await self.pool.client.get(url + path, 30)).json()
+            except (UpstreamError, ValueError):
                 return {}
 
         return dict(zip(urls, await asyncio.gather(*(info(u) for u in urls)), strict=True))
