@@ -221,26 +221,14 @@ class Engine:
         if stage:
             self.staged = StagedWeights(state, version, model_path)
             return {"success": True, "staged": True, "message": "weights validated and staged"}
-        self._swap(state, version, abort_all, model_path)
-        self.metrics.weight_updates.labels("success").inc()
-        return {
-            "success": True,
-            "message": "weights updated",
-            "weight_version": self.scheduler.weight_version,
-        }
+        return self._swap(state, version, abort_all, model_path)
 
     def commit_staged(self, abort_all: bool) -> dict:
         with self.reload_lock:
             staged, self.staged = self.staged, None
             if staged is None:
                 return {"success": False, "message": "no staged weights to commit"}
-            self._swap(staged.state, staged.version, abort_all, staged.model_path)
-            self.metrics.weight_updates.labels("success").inc()
-            return {
-                "success": True,
-                "message": "weights updated",
-                "weight_version": self.scheduler.weight_version,
-            }
+            return self._swap(staged.state, staged.version, abort_all, staged.model_path)
 
     def discard_staged(self) -> dict:
         with self.reload_lock:
@@ -249,9 +237,9 @@ class Engine:
 
     def _swap(
         self, state: dict[str, torch.Tensor], version: str | None, abort_all: bool, model_path: str | None
-    ) -> None:
+    ) -> dict:
         """Copy validated tensors into the serving model between two steps (the target and the MTP
-        head alike), and set the weight version; blocks until done."""
+        head alike), and set the weight version; blocks until done. Returns the success answer."""
 
         def swap() -> None:
             if abort_all:
@@ -263,6 +251,12 @@ class Engine:
                 self.model_path = model_path
 
         self.scheduler.call(swap).result()
+        self.metrics.weight_updates.labels("success").inc()
+        return {
+            "success": True,
+            "message": "weights updated",
+            "weight_version": self.scheduler.weight_version,
+        }
 
 
 def _finite(x: float) -> float | None:

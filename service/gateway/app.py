@@ -166,22 +166,23 @@ def build_app(settings: GatewaySettings) -> FastAPI:
         answer = await gw.forwarder.generate_response(body)
         return Response(answer.content, media_type="application/json")  # as the engine wrote it
 
-    @app.post("/v1/weights", dependencies=admin, tags=["weights"])
-    async def update_weights(req: WeightsRequest):
-        try:
-            gw.reloads.allowed(req.model_path)
-        except PermissionError as err:
-            raise HTTPException(403, str(err)) from None
-        except ValueError as err:
-            raise HTTPException(400, str(err)) from None
-        started = time.monotonic()
-        result = await gw.reloads.reload(req.model_path, req.version, req.pause_mode, req.continue_aborted)
-        return reload_outcome(started, result)
-
     def reload_outcome(started: float, result: dict) -> dict:
         gw.metrics.reloads.labels("success").inc()
         gw.metrics.reload_seconds.observe(time.monotonic() - started)
         return result
+
+    @app.post("/v1/weights", dependencies=admin, tags=["weights"])
+    async def update_weights(req: WeightsRequest):
+        started = time.monotonic()
+        try:  # the coordinator checks the path against the allowed roots before anything else
+            result = await gw.reloads.reload(
+                req.model_path, req.version, req.pause_mode, req.continue_aborted
+            )
+        except PermissionError as err:
+            raise HTTPException(403, str(err)) from None
+        except ValueError as err:
+            raise HTTPException(400, str(err)) from None
+        return reload_outcome(started, result)
 
     @app.exception_handler(ReloadFailed)
     async def reload_failed(_: Request, err: ReloadFailed) -> JSONResponse:

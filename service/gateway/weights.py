@@ -42,7 +42,7 @@ class ReloadFailed(Exception):
         self.engines = engines
 
 
-class GroupMismatch(ValueError):
+class GroupMismatch(Exception):
     """The trainer's idea of the group (world size, members) is not the gateway's: a 409."""
 
 
@@ -213,14 +213,13 @@ class ReloadCoordinator:
                 ok = [u for u in urls if results[u].get("success")]
                 staged = [u for u in ok if results[u].get("staged")]
                 swapped = [u for u in ok if not results[u].get("staged")]  # engines that cannot stage
-                if len(ok) == len(urls):
+                all_staged = len(ok) == len(urls)
+                if all_staged:
                     results.update(await self.post_all("/commit_staged_weights", {}, staged))
                     await self._verify_version(urls, version, results)
                 failed = {u for u in urls if not results[u].get("success")}
                 if failed:
-                    committed = [
-                        u for u in urls if u not in failed and (u in swapped or len(ok) == len(urls))
-                    ]
+                    committed = [u for u in urls if u not in failed and (all_staged or u in swapped)]
                     await self.post_all(
                         "/discard_staged_weights", {}, [u for u in staged if u not in committed]
                     )
