@@ -79,7 +79,11 @@ def broadcast_until_answered(
     longer matches), the broadcast can never complete: raise instead of waiting out the timeout.
     The group is then out of step and must be created again.
     """
-    sent = [t.detach().contiguous().cpu() for t in named_tensors.values()]  # alive until done
+    # gloo sends CPU tensors, nccl CUDA ones: move only for gloo. The list keeps them alive until done.
+    on_cpu = dist.get_backend() == "gloo"
+    sent = [
+        t.detach().contiguous().cpu() if on_cpu else t.detach().contiguous() for t in named_tensors.values()
+    ]
     works = [dist.broadcast(t, src=0, async_op=True) for t in sent]
     deadline = time.monotonic() + timeout_s
     while not all(w.is_completed() for w in works):
