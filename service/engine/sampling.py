@@ -7,10 +7,40 @@ from dataclasses import dataclass, field
 import torch
 
 MAX_NEW_TOKENS_LIMIT = 1 << 16  # beyond any context this engine serves; larger is a typo
+MAX_TEMPERATURE = 100.0  # flatter than uniform to float32 precision; larger is a typo
+TOP_K_LIMIT = (1 << 31) - 1  # SGLang keeps top_k in int32 tensors; a top_k >= the vocabulary means "off"
+MAX_STOP_TOKEN_IDS = 1024
+SEED_RANGE = (-(1 << 63), 1 << 63)  # the counter RNG keys on an int64 seed
 
 
 class BadRequest(ValueError):
     """A request the engine refuses with a 4xx and this message."""
+
+
+def _integer(name: str, value: object, lo: int, hi: int) -> int:
+    """An integer in [lo, hi]: JSON ints, and floats that hold an exact integer (1e3). Refuses bools,
+    strings, NaN, Infinity and 1e309, which ``int()`` would turn into a crash or a silent cast."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(
+            f"sampling_params.{name} has a value of the wrong type: expected an integer, got {value!r}"
+        )
+    if not lo <= value <= hi:
+        raise BadRequest(f"sampling_params.{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _number(name: str, value: object, lo: float, hi: float) -> float:
+    """A finite number in [lo, hi] (NaN and Infinity refused)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BadRequest(
+            f"sampling_params.{name} has a value of the wrong type: expected a number, got {value!r}"
+        )
+    value = float(value)
+    if not (lo <= value <= hi):  # also refuses NaN
+        raise BadRequest(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
 
 
 @dataclass
@@ -27,32 +57,49 @@ class SamplingParams:
 
     @classmethod
     def from_dict(cls, raw: dict | None, vocab_size: int) -> SamplingParams:
+        """Parse and bound every field, so that nothing a client sends can fail later in a step."""
         raw = raw or {}
         if not isinstance(raw, dict):
             raise BadRequest("sampling_params must be an object")
         known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and raw[k] is not None}
-        try:
-            params = cls(**known)
-            params.temperature = float(params.temperature)
-            params.top_p = float(params.top_p)
-            params.top_k = int(params.top_k)
-            params.max_new_tokens = int(params.max_new_tokens)
-            params.stop_token_ids = [int(t) for t in params.stop_token_ids]
-            params.ignore_eos = bool(params.ignore_eos)
-            if params.sampling_seed is not None:
-                params.sampling_seed = int(params.sampling_seed)
-        except (TypeError, ValueError) as err:
-            raise BadRequest(f"sampling_params has a value of the wrong type: {err}") from None
+        params = cls()
+        if "temperature" in known:
+            params.temperature = _number("temperature", known["temperature"], 0.0, MAX_TEMPERATURE)
+        if "top_p" in known:
+            params.top_p = _number("top_p", known["top_p"], 0.0, 1.0)
+        if "top_k" in known:
+            params.top_k = _integer("top_k", known["top_k"], -1, TOP_K_LIMIT)
+        if "max_new_tokens" in known:
+            params.max_new_tokens = _integer(
+                "max_new_tokens", known["max_new_tokens"], 0, MAX_NEW_TOKENS_LIMIT
+            )
+        if "stop_token_ids" in known:
+            stops = known["stop_token_ids"]
+            if not isinstance(stops, list) or len(stops) > MAX_STOP_TOKEN_IDS:
+                raise BadRequest(f"stop_token_ids must be a list of at most {MAX_STOP_TOKEN_IDS} token ids")
+            params.stop_token_ids = [_integer("stop_token_ids", t, -(1 << 63), 1 << 63) for t in stops]
+        if "ignore_eos" in known:
+            if not isinstance(known["ignore_eos"], bool):
+                raise BadRequest(
+                    f"sampling_params.ignore_eos has a value of the wrong type: {known['ignore_eos']!r}"
+                )
+            params.ignore_eos = known["ignore_eos"]
+        if "sampling_seed" in known:
+            params.sampling_seed = _integer(
+                "sampling_seed", known["sampling_seed"], SEED_RANGE[0], SEED_RANGE[1] - 1
+            )
         params.validate(vocab_size)
+        if params.top_k >= vocab_size:  # the same law, and no huge number reaches a tensor
+            params.top_k = -1
         return params
 
     def validate(self, vocab_size: int) -> None:
-        if not (self.temperature >= 0.0) or self.temperature > 100.0:  # also refuses NaN
-            raise BadRequest(f"temperature must be in [0, 100], got {self.temperature}")
+        if not (self.temperature >= 0.0) or self.temperature > MAX_TEMPERATURE:  # also refuses NaN
+            raise BadRequest(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if not (0.0 < self.top_p <= 1.0):
             raise BadRequest(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < -1:
-            raise BadRequest(f"top_k must be -1 (off) or >= 1, got {self.top_k}")
+        if not -1 <= self.top_k <= TOP_K_LIMIT:
+            raise BadRequest(f"top_k must be -1 (off) or in [1, {TOP_K_LIMIT}], got {self.top_k}")
         if not (0 <= self.max_new_tokens <= MAX_NEW_TOKENS_LIMIT):
             raise BadRequest(
                 f"max_new_tokens must be in [0, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}"
@@ -60,7 +107,7 @@ class SamplingParams:
         bad = [t for t in self.stop_token_ids if not 0 <= t < vocab_size]
         if bad:
             raise BadRequest(f"stop_token_ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
-        if self.sampling_seed is not None and not (-(2**63) <= self.sampling_seed < 2**63):
+        if self.sampling_seed is not None and not (SEED_RANGE[0] <= self.sampling_seed < SEED_RANGE[1]):
             raise BadRequest("sampling_seed must fit in 64 bits")
 
 

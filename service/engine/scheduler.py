@@ -6,6 +6,12 @@ finish. Control operations (pause, resume, abort, weight swaps) run on the loop 
 two steps, so a step never sees half-updated weights.
 
 Every accepted request ends with exactly one final event: finished, aborted, or an error.
+A failure while admitting or stepping ends exactly the requests it concerns (``finish_reason``
+``{"type": "abort", "message": "engine error: ...", "status_code": 500}``) and the engine keeps
+serving everyone else: a prefill failure concerns the request being admitted; a batched step that
+raises cannot say which row caused it, so every row is rebuilt from its own tokens (as a retract
+does, which keeps the counter-RNG stream) and stepped alone once, and only the rows that fail alone
+are ended.
 """
 
 from __future__ import annotations
@@ -97,6 +103,10 @@ class Scheduler:
             self.waiting.append(req)
             self._wake.notify_all()
 
+    def cancel(self, req: Request, message: str) -> None:
+        """End this request object (not every request sharing its rid) between two steps."""
+        self.call(lambda: self._finish(req, {"type": "abort", "message": message}))
+
     def call(self, fn: Callable[[], Any]) -> Future:
         """Run ``fn`` on the loop thread between two steps; the future holds its result."""
         fut: Future = Future()
@@ -147,10 +157,10 @@ class Scheduler:
                 try:
                     self._admit()
                     self._step()
-                except Exception as err:  # a bug must not lose requests silently: fail them loudly
-                    log.exception("engine step failed")
+                except Exception as err:  # a bug outside one request: fail what is running, loudly
+                    log.exception("engine loop failed")
                     for req in [*self.running]:
-                        self._finish(req, {"type": "abort", "message": f"engine error: {err}"})
+                        self._finish(req, _engine_error(err))
         for req in [*self.running, *self.waiting]:
             self._finish(req, {"type": "abort", "message": "engine shutting down"})
 
@@ -167,20 +177,55 @@ class Scheduler:
             if remaining <= 0:
                 self._finish(req, {"type": "length", "length": len(req.output)})
                 continue
-            if req.output:  # retracted: resume with its last token pending, exactly where it left
-                context, resume = req.prompt + req.output[:-1], req.output[-1]
-                req.state, _ = self.runner.prefill(context, req.params, req.seed, resume_token=resume)
-                self.running.append(req)
+            try:
+                out = self._prefill(req)
+            except Exception as err:  # this request only: it is off the queue, so end it here
+                log.exception("prefill of request %s failed", req.rid)
+                self._finish(req, _engine_error(err))
                 continue
-            req.state, out = self.runner.prefill(req.prompt, req.params, req.seed)
             self.running.append(req)
-            self._record(req, out)
+            if out is not None:
+                self._record(req, out)
+
+    def _prefill(self, req: Request) -> StepOutput | None:
+        """Give ``req`` a slot and its runner state; the first token's output, or None when it
+        resumes (retracted, or rebuilt after a failed step) with its last token pending."""
+        if req.output:  # resume exactly where it left: the same positions draw the same numbers
+            context, resume = req.prompt + req.output[:-1], req.output[-1]
+            req.state, _ = self.runner.prefill(context, req.params, req.seed, resume_token=resume)
+            return None
+        req.state, out = self.runner.prefill(req.prompt, req.params, req.seed)
+        return out
 
     def _step(self) -> None:
         if not self.running:
             return
-        outputs = self.runner.step([r.state for r in self.running])
-        for req, out in zip(list(self.running), outputs, strict=True):
+        batch = list(self.running)
+        try:
+            outputs = self.runner.step([r.state for r in batch])
+        except Exception as err:
+            log.exception("a step of %d requests failed; stepping each alone", len(batch))
+            self._isolate(batch, err)
+            return
+        for req, out in zip(batch, outputs, strict=True):
+            req.verify_ct += 1
+            self._record(req, out)
+
+    def _isolate(self, batch: list[Request], err: Exception) -> None:
+        """After a failed batched step, whose state may be half updated: rebuild every row from its
+        own tokens and step it alone; a row that fails alone ends with an error, the rest go on."""
+        for req in batch:
+            self._free(req)
+        self.running = [r for r in self.running if r not in batch]
+        for req in batch:
+            try:
+                self._prefill(req)
+                (out,) = self.runner.step([req.state])
+            except Exception as alone:
+                log.exception("request %s fails on its own", req.rid)
+                self._finish(req, _engine_error(alone))
+                continue
+            self.running.append(req)
             req.verify_ct += 1
             self._record(req, out)
 
@@ -214,7 +259,13 @@ class Scheduler:
         if reason is not None:
             self._finish(req, reason)
         else:
-            req.on_event(req, False)
+            self._notify(req, False)
+
+    def _notify(self, req: Request, finished: bool) -> None:
+        try:
+            req.on_event(req, finished)
+        except Exception:  # a listener that went away (closed event loop) must not stop the loop
+            log.exception("event listener of request %s failed", req.rid)
 
     def _add_span(self, req: Request, start: int, end: int) -> None:
         if end <= start:
@@ -243,4 +294,9 @@ class Scheduler:
         if req in self.waiting:
             self.waiting.remove(req)
         self.stats["finished_" + reason["type"]] += 1
-        req.on_event(req, True)
+        self._notify(req, True)
+
+
+def _engine_error(err: Exception) -> dict[str, Any]:
+    """The final event of a request that failed inside the engine (a 500, not the client's fault)."""
+    return {"type": "abort", "message": f"engine error: {type(err).__name__}: {err}", "status_code": 500}

@@ -1,0 +1,92 @@
+"""The scheduler under failures: a request that breaks a prefill or a step ends alone, with an error;
+every other request keeps decoding, and no request is left without a final event.
+
+The runner is a stand-in with the real runner's interface (prefill, step, release, free_slots):
+it emits token ``position % 7`` and raises for any sequence whose prompt starts with POISON.
+"""
+
+import threading
+
+import pytest
+
+from bebop.service.engine.runner import SeqState, StepOutput
+from bebop.service.engine.sampling import SamplingParams
+from bebop.service.engine.scheduler import Request, Scheduler
+
+POISON = 666
+
+
+class FakeRunner:
+    def __init__(self, slots: int, fail_in: str):
+        self.free = list(range(slots))
+        self.fail_in = fail_in  # "prefill" or "step"
+        self.poisoned: set[int] = set()
+
+    def free_slots(self) -> int:
+        return len(self.free)
+
+    def release(self, state: SeqState) -> None:
+        self.poisoned.discard(state.slot)
+        self.free.append(state.slot)
+
+    def prefill(self, prompt, params, seed, resume_token=None):
+        if prompt[0] == POISON and self.fail_in == "prefill":
+            raise OverflowError("Python int too large to convert to C long")
+        slot = self.free.pop()
+        if prompt[0] == POISON:
+            self.poisoned.add(slot)
+        n = len(prompt)
+        token = resume_token if resume_token is not None else n % 7
+        state = SeqState(slot=slot, params=params, seed=seed, pending=token, position=n)
+        return state, StepOutput(
+            tokens=[] if resume_token is not None else [token], logprobs=[0.0], entropies=[0.0]
+        )
+
+    def step(self, states):
+        if any(s.slot in self.poisoned for s in states):
+            raise RuntimeError("index out of range in self")
+        outs = []
+        for s in states:
+            s.position += 1
+            s.pending = s.position % 7
+            outs.append(StepOutput(tokens=[s.pending], logprobs=[0.0], entropies=[0.0]))
+        return outs
+
+
+def run(fail_in: str) -> tuple[dict[str, Request], FakeRunner]:
+    runner = FakeRunner(slots=8, fail_in=fail_in)
+    sched = Scheduler(runner, eos_token_id=None, max_queue=16)
+    done = {}
+    finished = threading.Event()
+
+    def on_event(req, final):
+        if final:
+            done[req.rid] = req
+            if len(done) == 4:
+                finished.set()
+
+    params = SamplingParams(max_new_tokens=20)
+    prompts = {"a": [1, 2], "b": [3], "poison": [POISON, 1], "c": [4, 5, 6]}
+    sched.start()
+    try:
+        for rid, prompt in prompts.items():
+            sched.submit(Request(rid=rid, prompt=prompt, params=params, seed=1, on_event=on_event))
+        assert finished.wait(30), f"requests without a final event: {set(prompts) - set(done)}"
+    finally:
+        sched.stop()
+    assert not sched.running and not sched.waiting
+    return done, runner
+
+
+@pytest.mark.parametrize("fail_in", ["prefill", "step"])
+def test_a_failing_request_ends_alone_and_the_others_finish(fail_in):
+    done, runner = run(fail_in)
+    poison = done["poison"].finish_reason
+    assert poison["type"] == "abort" and poison["status_code"] == 500 and "engine error" in poison["message"]
+    for rid in "abc":
+        req = done[rid]
+        assert req.finish_reason == {"type": "length", "length": 20}, (rid, req.finish_reason)
+        # rebuilt rows go on from where they were: the tokens are those of an undisturbed run
+        n = len(req.prompt)
+        assert req.output == [(n + i) % 7 for i in range(20)], rid
+    assert runner.free_slots() == 8  # every slot came back
