@@ -19,6 +19,8 @@ Shapes (B = batch, G = max drafts per row, V = vocabulary):
     seeds          [B]            int64   per-request seed
     positions      [B]            int64   absolute position of the first draft token
     num_drafts     [B]            int64   drafts in use per row (<= G), or None (all G)
+    coins          [B, G]         float32 host-supplied accept coins in [0, 1), or None (counter RNG)
+    final_coins    [B]            float32 host-supplied uniform of the residual/bonus draw, or None
     -> tokens      [B, G + 1]     int64   accepted drafts, the residual/bonus token, then -1
        num_accepted[B]            int64
        entropy     [B, G + 1]     float32 target entropy per position in nats (NaN if not computed)
@@ -29,8 +31,11 @@ multiply on every backend. The residual draw never sums floats: each weight is q
 fixed-point integer ``floor(r * 2**40)`` (exact: a power-of-two scale and a truncation), so block
 sums, prefix sums and the inverse-CDF search are integer operations whose result does not depend
 on summation order or on the backend. The threshold ``floor(U * total)`` uses one float64
-multiply of a 53-bit uniform. The quantisation drops at most 2**-40 of probability per token
-(at most V * 2**-40 ~ 1.4e-7 in all for V = 151936), below float32 rounding of the inputs.
+multiply of a 53-bit uniform. A caller that owns its randomness (SGLang's verify, which derives
+its coins from ``sampling_seed``) passes ``coins`` and ``final_coins`` instead: they replace the
+Philox draws one for one (``seeds`` and ``positions`` are then unused), and the rest is unchanged.
+The quantisation drops at most 2**-40 of probability per token (at most V * 2**-40 ~ 1.4e-7 in
+all for V = 151936), below float32 rounding of the inputs.
 
 GPU layout. Phase A runs a (B, ceil(V / BLOCK_V)) grid: each program decides the row's accepted
 count (G scalar gathers, repeated per program because it is cheaper than a launch), then reads its
@@ -81,6 +86,8 @@ def chain_rejection_sample(
     with_entropy: bool = True,
     validate: bool = True,
     block_v: int | None = None,
+    coins: torch.Tensor | None = None,
+    final_coins: torch.Tensor | None = None,
 ) -> ChainSample:
     """Verify a chain of G drafts per row and emit 1..G+1 tokens distributed exactly as the target.
 
@@ -92,9 +99,11 @@ def chain_rejection_sample(
         validate: check shapes, dtypes, token range and that the rows in use are probability
             vectors (one reduction over the inputs and a host sync). Shapes are always checked.
         block_v: vocabulary tile of the Triton kernels (default chosen from B and V).
+        coins, final_coins: host-supplied uniforms in place of the counter RNG (both or neither).
     """
     G = _check_shapes(target_probs, draft_probs, draft_tokens, seeds, positions, num_drafts)
     B, _, V = target_probs.shape
+    _check_coins(coins, final_coins, B, G, target_probs.device)
     if num_drafts is None:
         num_drafts = torch.full((B,), G, dtype=torch.int64, device=target_probs.device)
     if validate:
@@ -113,9 +122,20 @@ def chain_rejection_sample(
             with_entropy,
             SLOT_SAMPLE,
             block_v,
+            coins,
+            final_coins,
         )
     return chain_rejection_sample_torch(
-        target_probs, draft_probs, draft_tokens, seeds, positions, num_drafts, with_entropy, SLOT_SAMPLE
+        target_probs,
+        draft_probs,
+        draft_tokens,
+        seeds,
+        positions,
+        num_drafts,
+        with_entropy,
+        SLOT_SAMPLE,
+        coins,
+        final_coins,
     )
 
 
@@ -204,6 +224,24 @@ def _check_shapes(
     return G
 
 
+def _check_coins(
+    coins: torch.Tensor | None, final_coins: torch.Tensor | None, B: int, G: int, device: torch.device
+) -> None:
+    """Host-supplied uniforms: both or neither, float32, coins [B, >= G] (extra columns unused), final [B]."""
+    if (coins is None) != (final_coins is None):
+        raise ValueError("coins and final_coins must be given together")
+    if coins is None:
+        return
+    if coins.ndim != 2 or coins.shape[0] != B or coins.shape[1] < G or coins.dtype != torch.float32:
+        raise ValueError(
+            f"coins must be float32 [B, >= G] = [{B}, >= {G}], got {_describe(coins)} {coins.dtype}"
+        )
+    if tuple(final_coins.shape) != (B,) or final_coins.dtype != torch.float32:
+        raise ValueError(f"final_coins must be float32 [B] = [{B}], got {_describe(final_coins)}")
+    if coins.device != device or final_coins.device != device:
+        raise ValueError("coins and final_coins must be on the device of target_probs")
+
+
 def _check_values(
     target_probs: torch.Tensor,
     draft_probs: torch.Tensor | None,
@@ -258,6 +296,8 @@ def chain_rejection_sample_torch(
     num_drafts: torch.Tensor,
     with_entropy: bool,
     sample_slot: int,
+    coins: torch.Tensor | None = None,
+    final_coins: torch.Tensor | None = None,
 ) -> ChainSample:
     """Torch twin of the Triton kernels: the readable spec, and the CPU path. Same tokens, bit for bit."""
     B, G1, _ = target_probs.shape
@@ -267,7 +307,8 @@ def chain_rejection_sample_torch(
     steps = torch.arange(G1, device=device)
     p = target_probs.float()
 
-    # Accept/reject: u * q(y) < p(y), stopping at the first rejection.
+    # Accept/reject: u * q(y) < p(y), stopping at the first rejection. A draft with q(y) = 0 cannot
+    # have been drawn from q: it is rejected (as SGLang's kernel does) rather than accepted on p(y) > 0.
     if G > 0:
         in_use = steps[:G] < num_drafts[:, None]  # [B, G]; unused slots may hold padding ids
         safe_tokens = torch.where(in_use, draft_tokens, 0)
@@ -276,8 +317,9 @@ def chain_rejection_sample_torch(
             q_draft = torch.ones_like(p_draft)
         else:
             q_draft = draft_probs.float().gather(2, safe_tokens[:, :, None]).squeeze(2)
-        coins = uniform_f32(seeds[:, None], positions[:, None] + steps[:G], SLOT_ACCEPT)  # [B, G]
-        accepted = (coins * q_draft < p_draft) & in_use
+        if coins is None:
+            coins = uniform_f32(seeds[:, None], positions[:, None] + steps[:G], SLOT_ACCEPT)  # [B, G]
+        accepted = (coins[:, :G] * q_draft < p_draft) & (q_draft > 0) & in_use
         num_accepted = accepted.long().cumprod(1).sum(1)
     else:
         num_accepted = torch.zeros(B, dtype=torch.int64, device=device)
@@ -295,7 +337,9 @@ def chain_rejection_sample_torch(
             q_stop = draft_probs[rows, stop_in_drafts].float()
         q_stop = q_stop * rejected[:, None]
     residual = (p_stop - q_stop).clamp_min(0.0)
-    token = _draw_index(_quantise(residual), _quantise(p_stop), seeds, positions + stop, sample_slot)
+    token = _draw_index(
+        _quantise(residual), _quantise(p_stop), seeds, positions + stop, sample_slot, final_coins
+    )
 
     tokens = torch.full((B, G1), PAD_TOKEN_ID, dtype=torch.int64, device=device)
     if G > 0:
@@ -315,7 +359,12 @@ def _quantise(weights: torch.Tensor) -> torch.Tensor:
 
 
 def _draw_index(
-    weights: torch.Tensor, fallback: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, slot: int
+    weights: torch.Tensor,
+    fallback: torch.Tensor,
+    seeds: torch.Tensor,
+    positions: torch.Tensor,
+    slot: int,
+    u: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Inverse-CDF draw from integer weights [B, V]; rows whose weights are all 0 use ``fallback``.
 
@@ -326,7 +375,7 @@ def _draw_index(
     empty = total == 0
     weights = torch.where(empty[:, None], fallback, weights)
     total = torch.where(empty, fallback.sum(1), total)
-    u = uniform_f64(seeds, positions, slot)
+    u = uniform_f64(seeds, positions, slot) if u is None else u.double()
     threshold = torch.minimum((u * total.double()).to(torch.int64), total - 1)
     index = (weights.cumsum(1) <= threshold[:, None]).sum(1)
     return index.clamp(max=weights.shape[1] - 1)
@@ -350,6 +399,8 @@ def _chain_rejection_sample_triton(
     with_entropy: bool,
     sample_slot: int,
     block_v: int | None,
+    coins: torch.Tensor | None = None,
+    final_coins: torch.Tensor | None = None,
 ) -> ChainSample:
     B, G1, V = target_probs.shape
     G = G1 - 1
@@ -359,6 +410,10 @@ def _chain_rejection_sample_triton(
     # Launch arguments must be real tensors; the q pointer is never read in target-only mode.
     q = draft_probs if draft_probs is not None else target_probs
     q_strides = q.stride() if draft_probs is not None else (0, 0, 0)
+    # Host uniforms, or stand-ins that are never read (HOST_UNIFORMS=False).
+    host_uniforms = coins is not None
+    coin_ptr, coin_strides = (coins, coins.stride()) if host_uniforms else (seeds, (0, 0))
+    final_ptr = final_coins if host_uniforms else seeds
 
     tokens = torch.empty((B, G1), dtype=torch.int64, device=device)
     num_accepted = torch.empty((B,), dtype=torch.int64, device=device)
@@ -371,20 +426,23 @@ def _chain_rejection_sample_triton(
         q, *q_strides,
         draft_tokens, *draft_tokens.stride(),
         seeds, positions, num_drafts,
+        coin_ptr, *coin_strides,
         num_accepted, entropy_partial, tile_weight,
         V,
         G=G, BLOCK_V=block_v, TARGET_ONLY=draft_probs is None, WITH_ENTROPY=with_entropy,
+        HOST_UNIFORMS=host_uniforms,
     )  # fmt: skip
     _chain_draw_kernel[(B,)](
         target_probs, *target_probs.stride(),
         q, *q_strides,
         draft_tokens, *draft_tokens.stride(),
         seeds, positions, num_drafts,
+        final_ptr,
         num_accepted, entropy_partial, tile_weight,
         tokens, entropy,
         V, num_tiles, sample_slot,
         G=G, BLOCK_V=block_v, TILES_POW2=triton.next_power_of_2(num_tiles),
-        TARGET_ONLY=draft_probs is None, WITH_ENTROPY=with_entropy,
+        TARGET_ONLY=draft_probs is None, WITH_ENTROPY=with_entropy, HOST_UNIFORMS=host_uniforms,
     )  # fmt: skip
     return ChainSample(tokens=tokens, num_accepted=num_accepted, entropy=entropy)
 
@@ -395,10 +453,11 @@ def _accepted_count(
     p_ptr, sp_b, sp_g, sp_v,
     q_ptr, sq_b, sq_g, sq_v,
     y_ptr, sy_b, sy_g,
+    c_ptr, sc_b, sc_g,
     seed, position, n_drafts, row,
-    G: tl.constexpr, TARGET_ONLY: tl.constexpr,
+    G: tl.constexpr, TARGET_ONLY: tl.constexpr, HOST_UNIFORMS: tl.constexpr,
 ):  # fmt: skip
-    """Drafts accepted before the first rejection: accept y_i when u_i * q_i(y_i) < p_i(y_i)."""
+    """Drafts accepted before the first rejection: accept y_i when u_i * q_i(y_i) < p_i(y_i), q_i(y_i) > 0."""
     num_accepted = (seed * 0).to(tl.int64)
     still = num_accepted == 0
     for i in tl.static_range(G):
@@ -409,8 +468,11 @@ def _accepted_count(
             q_y = 1.0
         else:
             q_y = tl.load(q_ptr + row * sq_b + i * sq_g + y * sq_v, mask=in_use, other=1.0).to(tl.float32)
-        coin = _uniform_f32(seed, position + i, 0)  # SLOT_ACCEPT
-        still = still & (coin * q_y < p_y) & in_use
+        if HOST_UNIFORMS:
+            coin = tl.load(c_ptr + row * sc_b + i * sc_g).to(tl.float32)
+        else:
+            coin = _uniform_f32(seed, position + i, 0)  # SLOT_ACCEPT
+        still = still & (coin * q_y < p_y) & (q_y > 0.0) & in_use
         num_accepted += still.to(tl.int64)
     return num_accepted
 
@@ -449,11 +511,13 @@ def _chain_tiles_kernel(
     q_ptr, sq_b, sq_g, sq_v,  # [B, G, V] draft probabilities (unused when TARGET_ONLY)
     y_ptr, sy_b, sy_g,  # [B, G] int64 draft tokens
     seed_ptr, pos_ptr, ndraft_ptr,  # [B] int64 each
+    c_ptr, sc_b, sc_g,  # [B, >= G] float32 host coins (read only when HOST_UNIFORMS)
     num_accepted_ptr,  # [B] int64, out
     ent_part_ptr,  # [B, G+1, num_tiles] float32, out: -sum p log p over the tile
     tile_weight_ptr,  # [B, num_tiles, 2] int64, out: tile sums of (residual, target) weights
     V,
     G: tl.constexpr, BLOCK_V: tl.constexpr, TARGET_ONLY: tl.constexpr, WITH_ENTROPY: tl.constexpr,
+    HOST_UNIFORMS: tl.constexpr,
 ):  # fmt: skip
     """Phase A, grid (B, num_tiles): accepted count, entropy partials and weight sums of one tile."""
     row = tl.program_id(0)
@@ -463,8 +527,8 @@ def _chain_tiles_kernel(
     position = tl.load(pos_ptr + row)
     n_drafts = tl.load(ndraft_ptr + row)
     stop = _accepted_count(
-        p_ptr, sp_b, sp_g, sp_v, q_ptr, sq_b, sq_g, sq_v, y_ptr, sy_b, sy_g,
-        seed, position, n_drafts, row, G, TARGET_ONLY,
+        p_ptr, sp_b, sp_g, sp_v, q_ptr, sq_b, sq_g, sq_v, y_ptr, sy_b, sy_g, c_ptr, sc_b, sc_g,
+        seed, position, n_drafts, row, G, TARGET_ONLY, HOST_UNIFORMS,
     )  # fmt: skip
     if tile == 0:
         tl.store(num_accepted_ptr + row, stop)
@@ -490,6 +554,7 @@ def _chain_draw_kernel(
     q_ptr, sq_b, sq_g, sq_v,  # [B, G, V]
     y_ptr, sy_b, sy_g,  # [B, G]
     seed_ptr, pos_ptr, ndraft_ptr,  # [B]
+    final_ptr,  # [B] float32 host uniform of the draw (read only when HOST_UNIFORMS)
     num_accepted_ptr,  # [B] int64, from phase A
     ent_part_ptr,  # [B, G+1, num_tiles] float32, from phase A
     tile_weight_ptr,  # [B, num_tiles, 2] int64, from phase A
@@ -497,7 +562,7 @@ def _chain_draw_kernel(
     entropy_ptr,  # [B, G+1] float32, out
     V, num_tiles, sample_slot,
     G: tl.constexpr, BLOCK_V: tl.constexpr, TILES_POW2: tl.constexpr,
-    TARGET_ONLY: tl.constexpr, WITH_ENTROPY: tl.constexpr,
+    TARGET_ONLY: tl.constexpr, WITH_ENTROPY: tl.constexpr, HOST_UNIFORMS: tl.constexpr,
 ):  # fmt: skip
     """Phase B, grid (B,): pick the tile holding the threshold, search it, write tokens and entropy."""
     row = tl.program_id(0)
@@ -513,7 +578,10 @@ def _chain_draw_kernel(
     use_target = tl.sum(w_res) == 0  # the residual vanished by rounding: draw from p instead
     w = tl.where(use_target, w_tgt, w_res)
     total = tl.sum(w)
-    u = _uniform_f64(seed, position + stop, sample_slot)
+    if HOST_UNIFORMS:
+        u = tl.load(final_ptr + row).to(tl.float64)
+    else:
+        u = _uniform_f64(seed, position + stop, sample_slot)
     threshold = tl.minimum((u * total.to(tl.float64)).to(tl.int64), total - 1)
     tile_cum = tl.cumsum(w, 0)
     before = tile_cum <= threshold

@@ -1,0 +1,26 @@
+"""The ``sglang.srt.plugins`` entry point: ``bebop = bebop.service.sglang.plugin:load``.
+
+``load()`` runs once per SGLang process, before ``HookRegistry.apply_hooks()``
+(sglang/srt/plugins/__init__.py:121-141). It only registers hooks; SGLang applies them.
+"""
+
+from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
+
+# SGLang's chain kernel, by its defining module. REPLACE rebinds the module attribute and every
+# stale ``from ... import`` copy: verify_sampling.py:18, eagle_utils.py:17-20, uno_utils.py:10,
+# dspark_accept.py:28 (sglang/srt/plugins/hook_registry.py:290-303).
+KERNEL_TARGET = "sglang.kernels.ops.speculative.reject_sampling.chain_speculative_sampling_triton"
+
+
+def load() -> None:
+    """Register Bebop's hooks with SGLang's HookRegistry (called by SGLang's plugin loader)."""
+    from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+
+    from .kernel import chain_speculative_sampling
+
+    HookRegistry.register(KERNEL_TARGET, chain_speculative_sampling, HookType.REPLACE)
+    logger.info("bebop plugin: chain_speculative_sampling_triton -> Bebop's chain rejection sampler")
