@@ -17,6 +17,10 @@ from bebop.service.gateway.schemas import RolloutResult
 FIT_WINDOW = 2048
 ENTROPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 RATE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
+# Rollouts run for minutes: the client library's default buckets stop at 10 s, so a p99 above that
+# could not be told apart; these reach the default --request-timeout (600 s).
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+RELOAD_OUTCOMES = ("success", "rolled_back")
 
 
 class GatewayMetrics:
@@ -25,7 +29,9 @@ class GatewayMetrics:
         self.requests = Counter(
             "bebop_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r
         )
-        self.latency = Histogram("bebop_http_request_seconds", "Request latency", ["route"], registry=r)
+        self.latency = Histogram(
+            "bebop_http_request_seconds", "Request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
         self.samples = Counter(
             "bebop_rollout_samples", "Finished samples", ["task", "weight_version", "finish"], registry=r
         )
@@ -65,12 +71,20 @@ class GatewayMetrics:
         )
         self.fit_n = Gauge("bebop_accept_entropy_fit_samples", "Samples in the fit window", registry=r)
         self.reloads = Counter("bebop_weight_reloads", "Weight reloads by outcome", ["outcome"], registry=r)
+        for outcome in RELOAD_OUTCOMES:  # exported at 0 from the start, so increase() sees the first one
+            self.reloads.labels(outcome)
         self.reload_seconds = Histogram("bebop_weight_reload_seconds", "Reload duration", registry=r)
         self.engine_healthy = Gauge(
             "bebop_engine_healthy", "1 if the engine is in rotation", ["engine"], registry=r
         )
         self.engine_outstanding = Gauge(
             "bebop_engine_outstanding", "Requests in flight per engine", ["engine"], registry=r
+        )
+        self.engine_version = Gauge(
+            "bebop_engine_weight_version",
+            "1 for the weight version each engine serves",
+            ["engine", "version"],
+            registry=r,
         )
         self.inflight = Gauge("bebop_rollouts_inflight", "Samples in flight through the gateway", registry=r)
         self._window: collections.deque[tuple[float, float, list]] = collections.deque(maxlen=FIT_WINDOW)
@@ -116,6 +130,11 @@ class GatewayMetrics:
                     self.accept_position.labels(str(k + 1)).set(sum(vals) / len(vals))
 
     def refresh_engines(self, pool: EnginePool) -> None:
+        # An engine that left the pool (DNS, DELETE /v1/engines) leaves the series too: a stale 0
+        # would keep an engine-down alert firing for an engine that no longer exists.
+        for gauge in (self.engine_healthy, self.engine_outstanding, self.engine_version):
+            gauge.clear()
         for e in pool.engines.values():
             self.engine_healthy.labels(e.url).set(1 if e.healthy else 0)
             self.engine_outstanding.labels(e.url).set(e.outstanding)
+            self.engine_version.labels(e.url, e.weight_version or "unknown").set(1)
