@@ -1,0 +1,233 @@
+"""Runs inside the SGLang 0.5.23 venv (started by conftest.py; not collected by pytest).
+
+The plugin is loaded the way SGLang loads it (``sglang.srt.plugins.load_plugins`` over the
+``sglang.srt.plugins`` entry points), the verify inputs are built with SGLang's own helpers as
+``eagle_sample`` builds them for a topk-1 chain (sglang/srt/speculative/eagle_utils.py:631-756),
+and the last stdout line is ``RESULT <json>`` for the tests to judge. Usage: ``python sglang_probe.py``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import multiprocessing
+import os
+import sys
+from types import SimpleNamespace
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("SGLANG_PLUGINS", "bebop")
+
+import torch  # noqa: E402
+
+# Every module that binds SGLang's chain kernel by name (grep of sglang 0.5.23).
+KERNEL_MODULES = [
+    "sglang.kernels.ops.speculative.reject_sampling",
+    "sglang.kernels.ops.speculative.verify_sampling",
+    "sglang.srt.speculative.eagle_utils",
+    "sglang.srt.speculative.uno_utils",
+    "sglang.kernels.ops.speculative.dspark.dspark_accept",
+]
+KERNEL_NAME = "chain_speculative_sampling_triton"
+STAT_ROWS = 20000  # rows of the statistical run (torch twin: seconds)
+
+
+def reaches_bebop(fn: object) -> bool:
+    """Whether ``fn`` is Bebop's function or SGLang's REPLACE wrapper around it."""
+    from bebop.service.sglang.kernel import chain_speculative_sampling
+
+    if fn is chain_speculative_sampling:
+        return True
+    try:
+        return inspect.getclosurevars(fn).nonlocals.get("hook") is chain_speculative_sampling
+    except TypeError:
+        return False
+
+
+def bindings(import_first: bool) -> dict[str, bool]:
+    """Load the plugins as an SGLang process does; say which kernel bindings reach Bebop's function."""
+    from sglang.srt.plugins import load_plugins
+
+    if import_first:  # the modules hold stale copies: the registry must rebind them
+        modules = [importlib.import_module(name) for name in KERNEL_MODULES]
+        load_plugins()
+    else:  # the modules are imported after the patch: they must pick up the patched name
+        load_plugins()
+        modules = [importlib.import_module(name) for name in KERNEL_MODULES]
+    return {module.__name__: reaches_bebop(getattr(module, KERNEL_NAME)) for module in modules}
+
+
+def _spawned(queue) -> None:
+    queue.put(bindings(import_first=False))
+
+
+def spawned_bindings() -> dict[str, bool]:
+    """The same check in a spawned child, as SGLang starts its scheduler."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_spawned, args=(queue,))
+    child.start()
+    result = queue.get(timeout=300)
+    child.join(60)
+    return result
+
+
+# ----------------------------------------------------------------------------- verify inputs
+def verify_kwargs(
+    target_logits: torch.Tensor, temperature: float, draft_probs: torch.Tensor, gen: torch.Generator
+) -> dict[str, object]:
+    """SGLang's keyword arguments for one chain verify, built as eagle_sample builds them.
+
+    target_logits [bs * N, V] (the verify forward's next_token_logits), draft_probs [bs, N-1, V].
+    """
+    from sglang.kernels.ops.sampling import softmax as sampling_softmax
+    from sglang.srt.speculative import eagle_utils
+
+    bs, G, V = draft_probs.shape
+    N = G + 1
+    drafts = torch.multinomial(draft_probs.reshape(-1, V), 1, generator=gen).view(bs, G)
+    candidates = torch.cat([torch.randint(0, V, (bs, 1), generator=gen), drafts], 1)  # root, drafts
+    temperatures = torch.full((bs, 1), temperature)
+    target_probs = sampling_softmax(
+        target_logits, temperatures=torch.repeat_interleave(temperatures, N, dim=0)
+    ).reshape(bs, N, V)
+    next_token = torch.arange(1, N + 1).repeat(bs, 1)
+    next_token[:, -1] = -1
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=gen)))  # _verify_coins uses torch.rand
+    coins, final = eagle_utils._verify_coins(
+        sampling_info=SimpleNamespace(sampling_seed=None),
+        seq_lens=torch.full((bs,), 7),
+        draft_token_num=N,
+        candidates=candidates,
+        device="cpu",
+    )
+    return {
+        "predicts": torch.zeros(bs * N, dtype=torch.int32),
+        "accept_index": torch.full((bs, N), -1, dtype=torch.int32),
+        "accept_token_num": torch.full((bs,), -5, dtype=torch.int32),
+        "candidates": candidates,
+        "retrive_index": torch.arange(bs * N).view(bs, N),
+        "retrive_next_token": next_token,
+        "retrive_next_sibling": torch.full((bs, N), -1),
+        "uniform_samples": coins,
+        "uniform_samples_for_final_sampling": final,
+        "target_probs": target_probs,
+        "draft_probs": draft_probs,
+        "threshold_single": 1.0,
+        "threshold_acc": 1.0,
+        "deterministic": True,
+    }
+
+
+OUTPUTS = ("predicts", "accept_index", "accept_token_num")
+
+
+def run(fn, kwargs: dict, **extra) -> dict[str, torch.Tensor]:
+    """Call ``fn`` on fresh copies of the in-place outputs; return the outputs."""
+    call = dict(kwargs)
+    for name in OUTPUTS:
+        call[name] = kwargs[name].clone()
+    fn(**call, **extra)
+    return {name: call[name] for name in OUTPUTS}
+
+
+def as_lists(outputs: dict[str, torch.Tensor]) -> dict[str, list]:
+    return {name: t.tolist() for name, t in outputs.items()}
+
+
+def verify_cases() -> dict[str, object]:
+    """Patched (through eagle_utils' binding) against SGLang's original kernel on the same inputs."""
+    from bebop.kernels.sglang_peer import find_sglang_kernel, load_sglang_kernel
+    from bebop.service.sglang.kernel import take_last_result
+    from sglang.srt.speculative import eagle_utils
+
+    patched = eagle_utils.chain_speculative_sampling_triton
+    original = load_sglang_kernel(str(find_sglang_kernel())).chain_speculative_sampling_triton
+    gen = torch.Generator().manual_seed(2026)
+    cases: dict[str, object] = {}
+
+    def compare(name, kwargs, **extra):
+        ours, theirs = run(patched, kwargs, **extra), run(original, kwargs, **extra)
+        cases[name] = {
+            "ours": as_lists(ours),
+            "sglang": as_lists(theirs),
+            "retrive_index": kwargs["retrive_index"].tolist(),
+            "candidates": kwargs["candidates"].tolist(),
+            "target_probs": kwargs["target_probs"].tolist(),
+        }
+        return ours
+
+    bs, N, V = 24, 4, 37  # V odd and not a multiple of any tile
+    q = torch.softmax(torch.randn(bs, N - 1, V, generator=gen) * 1.5, -1)
+    logits = torch.randn(bs * N, V, generator=gen) * 1.5
+    kwargs = verify_kwargs(logits, 0.8, q, gen)
+    compare("random", kwargs)
+    last = take_last_result()
+    cases["entropy_from_kernel"] = None if last is None else last.entropy.tolist()
+    # The torch twin on the same inputs: the same outputs (TRITON_INTERPRET=0 selects it).
+    os.environ["TRITON_INTERPRET"] = "0"
+    cases["twin"] = as_lists(run(patched, kwargs))
+    os.environ["TRITON_INTERPRET"] = "1"
+
+    # p == q at every draft: every draft is accepted, the bonus token comes from p_N.
+    same = verify_kwargs(logits, 1.0, q, gen)
+    same["draft_probs"] = same["target_probs"][:, : N - 1].contiguous()
+    drafts = torch.multinomial(same["draft_probs"].reshape(-1, V), 1, generator=gen).view(bs, N - 1)
+    same["candidates"][:, 1:] = drafts
+    compare("p_equals_q", same)
+
+    # A one-hot target that the drafts miss: rejected at once, the token is the target's.
+    one_hot = verify_kwargs(logits * 0 + torch.where(torch.arange(V) == 3, 60.0, 0.0), 1.0, q, gen)
+    one_hot["candidates"][:, 1:] = torch.where(
+        one_hot["candidates"][:, 1:] == 3, 4, one_hot["candidates"][:, 1:]
+    )
+    compare("one_hot_target", one_hot)
+
+    # A draft with q(y) = 0 (not drawn from q): both kernels reject it.
+    zero_q = verify_kwargs(logits, 1.0, q.clone(), gen)
+    y0 = zero_q["candidates"][:, 1]
+    zero_q["draft_probs"][torch.arange(bs), 0, y0] = 0.0
+    compare("zero_q_draft", zero_q)
+
+    # Block verification is delegated to SGLang's kernel.
+    compare("block_verification", verify_kwargs(logits, 0.8, q, gen), block_verification=True)
+    return cases
+
+
+def statistics() -> dict[str, object]:
+    """Many rows with one fixed law: the emitted tokens must follow the target (torch twin path)."""
+    from sglang.srt.speculative import eagle_utils
+
+    gen = torch.Generator().manual_seed(7)
+    n, N, V = STAT_ROWS, 3, 6
+    logits_one = torch.randn(N, V, generator=gen) * 1.2
+    logits_one[0, 5] = -1e9  # a token of probability 0 at the first position
+    q_one = torch.softmax(torch.randn(N - 1, V, generator=gen), -1)
+    kwargs = verify_kwargs(logits_one.repeat(n, 1), 1.0, q_one.expand(n, N - 1, V).contiguous(), gen)
+    os.environ["TRITON_INTERPRET"] = "0"
+    out = run(eagle_utils.chain_speculative_sampling_triton, kwargs)
+    os.environ["TRITON_INTERPRET"] = "1"
+    first = out["predicts"].view(n, N)[:, 0]  # the first emitted token: a draft or the residual
+    p = kwargs["target_probs"][0]
+    return {
+        "first_token_counts": torch.bincount(first.long(), minlength=V).tolist(),
+        "p": p.tolist(),
+        "q": q_one.tolist(),
+        "accept_counts": torch.bincount(out["accept_token_num"].long(), minlength=N).tolist(),
+    }
+
+
+def main() -> None:
+    result = {
+        "sglang_plugins_env": os.environ.get("SGLANG_PLUGINS"),
+        "bindings": bindings(import_first=True),
+    }
+    result["spawned_bindings"] = spawned_bindings()
+    result["verify"] = verify_cases()
+    result["statistics"] = statistics()
+    sys.stdout.write("RESULT " + json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
