@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,7 +27,7 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from bebop.service.engine.server import EngineConfig, serve_engine
+    from bebop.service.engine.server import EngineConfig, check_listen, serve_engine
     from bebop.training.demo_path import demo_model_dir
 
     cfg = EngineConfig(
@@ -37,7 +38,14 @@ def _engine(args: argparse.Namespace) -> int:
         max_queue=args.max_queue,
         max_len=args.context_length,
         weight_version=args.weight_version,
+        api_token=os.environ.get("BEBOP_ENGINE_TOKEN") or None,
+        weights_roots=list(args.weights_root or []),
     )
+    try:
+        check_listen(args.host, cfg.api_token)
+    except ValueError as err:
+        logging.getLogger("bebop").error("%s", err)
+        return 2
     serve_engine(cfg, args.host, args.port)
     return 0
 
@@ -230,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     engine = commands.add_parser("engine", help="run the embedded engine (SGLang-compatible HTTP server)")
     engine.add_argument("--model", default=None, help="model directory (default: the shipped demo model)")
-    engine.add_argument("--host", default="127.0.0.1")
+    engine.add_argument(
+        "--host", default="127.0.0.1", help="without BEBOP_ENGINE_TOKEN only loopback is allowed"
+    )
     engine.add_argument("--port", type=int, default=30000)
     engine.add_argument("--spec", default="rejection", choices=["none", "target_only", "rejection"])
     engine.add_argument("--draft-steps", type=int, default=3, help="draft tokens per verify step (G)")
@@ -238,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
     engine.add_argument("--context-length", type=int, default=512, help="prompt + max_new_tokens limit")
     engine.add_argument("--weight-version", default="default")
+    engine.add_argument(
+        "--weights-root", action="append", help="directories checkpoints may load from (besides --model)"
+    )
     engine.set_defaults(func=_engine)
 
     train = commands.add_parser("train-mtp", help="train the MTP draft head on a frozen backbone")

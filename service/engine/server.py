@@ -2,8 +2,12 @@
 
 Routes and field names follow SGLang so the gateway (and slime, AReaL, smg) talk to this engine
 and to SGLang servers alike. Unknown request fields are ignored, as SGLang does; bad values get a
-400 with a message. Bebop's additions ride in ``meta_info``: ``spec_accept_per_position``,
-``entropy_mean``, ``weight_version_spans`` and, with ``return_entropy``, ``output_token_entropy``.
+400 with a message, and everything is validated before anything is queued. With
+``BEBOP_ENGINE_TOKEN`` every route but ``/health`` needs ``Authorization: Bearer <token>`` (as
+SGLang's ``--api-key``); checkpoints load only from under the model directory and ``--weights-root``.
+A client that goes away aborts its requests. Bebop's additions ride in ``meta_info``:
+``spec_accept_per_position``, ``entropy_mean``, ``weight_version_spans`` and, with
+``return_entropy``, ``output_token_entropy``.
 """
 
 from __future__ import annotations
@@ -18,14 +22,14 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
 
 from bebop.service.engine.dist_update import WeightReceiver
@@ -34,9 +38,69 @@ from bebop.service.engine.runner import ModelRunner
 from bebop.service.engine.sampling import BadRequest, SamplingParams
 from bebop.service.engine.scheduler import Overloaded, Request, Scheduler
 from bebop.service.engine.weights import load_checked_state
+from bebop.service.httpguard import (
+    LOOPBACK,
+    BearerAuth,
+    BodyLimit,
+    check_token,
+    first_or_disconnect,
+    has_lone_surrogate,
+    parse_json_object,
+)
 from bebop.service.model import Qwen3Model, load_model
 
 log = logging.getLogger(__name__)
+MAX_PROMPTS = 4096  # prompts in one /generate batch (the gateway's limit per rollout)
+MAX_WEIGHT_VERSION_CHARS = 128
+MAX_TENSOR_DIMS = 8
+SHUTDOWN_GRACE_S = 5  # SIGTERM: requests get this long to finish, then the process exits anyway
+GENERATE_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "text": {
+                            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+                        },
+                        "input_ids": {
+                            "oneOf": [
+                                {"type": "array", "items": {"type": "integer"}},
+                                {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}},
+                            ]
+                        },
+                        "sampling_params": {
+                            "type": "object",
+                            "properties": {
+                                "temperature": {"type": "number"},
+                                "top_p": {"type": "number"},
+                                "top_k": {"type": "integer"},
+                                "max_new_tokens": {"type": "integer"},
+                                "stop_token_ids": {"type": "array", "items": {"type": "integer"}},
+                                "ignore_eos": {"type": "boolean"},
+                                "sampling_seed": {"type": "integer"},
+                            },
+                        },
+                        "rid": {
+                            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+                        },
+                        "stream": {"type": "boolean"},
+                        "return_logprob": {"type": "boolean"},
+                        "return_entropy": {"type": "boolean"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def _body_doc(properties: dict) -> dict:
+    """An OpenAPI request body for a route that reads its JSON by hand (for /docs and fuzzing)."""
+    schema = {"type": "object", "properties": properties}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 @dataclass
@@ -49,6 +113,8 @@ class EngineConfig:
     max_len: int = 512  # context: prompt + max_new_tokens must fit
     weight_version: str = "default"
     seed: int = 0
+    api_token: str | None = None  # BEBOP_ENGINE_TOKEN: every route but /health needs it
+    weights_roots: list[str] = field(default_factory=list)  # besides the model directory
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -106,9 +172,15 @@ class Engine:
             batch = isinstance(body["text"], list)
             if not all(isinstance(t, str) for t in texts):
                 raise BadRequest("text must be a string or a list of strings")
+            if any(has_lone_surrogate(t) for t in texts):
+                raise BadRequest("text holds a lone surrogate (\\ud800-\\udfff), which is not Unicode text")
+            if len(texts) > MAX_PROMPTS:
+                raise BadRequest(f"at most {MAX_PROMPTS} prompts per request")
             prompts = [self.tokenizer.encode(t).ids for t in texts]
         else:
             raise BadRequest("give input_ids or text")
+        if len(prompts) > MAX_PROMPTS:
+            raise BadRequest(f"at most {MAX_PROMPTS} prompts per request")
         for p in prompts:
             if not isinstance(p, list) or not p:
                 raise BadRequest("each prompt must be a non-empty list of token ids")
@@ -184,6 +256,13 @@ class Engine:
         until ``/commit_staged_weights`` or ``/discard_staged_weights``: the gateway's two-phase
         reload, so an update that fails on one engine never reaches the others.
         """
+        if "\x00" in model_path:
+            return {"success": False, "message": "model_path contains a NUL byte"}
+        resolved = Path(model_path).resolve()
+        roots = [Path(r).resolve() for r in [self.cfg.model_path, *self.cfg.weights_roots]]
+        if not any(resolved == r or r in resolved.parents for r in roots):
+            self.metrics.weight_updates.labels("rejected").inc()
+            return {"success": False, "message": f"{model_path} is outside this engine's weight roots"}
         with self.reload_lock:
             try:
                 state = load_checked_state(model_path, self.model)
@@ -191,6 +270,25 @@ class Engine:
                 self.metrics.weight_updates.labels("rejected").inc()
                 return {"success": False, "message": f"checkpoint refused, old weights still serving: {err}"}
             return self._swap_or_stage(state, version, abort_all, str(Path(model_path).resolve()), stage)
+
+    def check_manifest(self, body: dict) -> None:
+        """Refuse a malformed manifest before any buffer is allocated: a shape of 2**40 elements
+        would take the process down, not the request."""
+        names, dtypes, shapes = body.get("names"), body.get("dtypes"), body.get("shapes")
+        if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)):
+            raise BadRequest("names, dtypes and shapes must be lists")
+        if not all(isinstance(n, str) for n in names) or not all(isinstance(d, str) for d in dtypes):
+            raise BadRequest("names and dtypes must be strings")
+        largest = max(p.numel() for p in self.model.state_dict().values())
+        for shape in shapes:
+            if not (
+                isinstance(shape, list)
+                and len(shape) <= MAX_TENSOR_DIMS
+                and all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= largest for x in shape)
+                and math.prod(shape) <= largest
+            ):
+                raise BadRequest(f"shape {str(shape)[:80]} is not the shape of any tensor of this model")
+        _check_version(body.get("weight_version"))
 
     def update_from_distributed(self, body: dict) -> dict:
         with self.reload_lock:
@@ -272,25 +370,32 @@ def build_app(engine: Engine) -> FastAPI:
         sched.stop()  # fail whatever is still queued explicitly rather than dropping it
 
     app = FastAPI(title="Bebop engine", description="SGLang-compatible embedded engine", lifespan=lifespan)
+    app.add_middleware(BodyLimit)
+    if engine.cfg.api_token:  # outermost: a request without the token is refused before its body is read
+        app.add_middleware(BearerAuth, token=engine.cfg.api_token, public={"/health"})
 
     async def body_of(request: HTTPRequest) -> dict:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest("the body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object")
+        body, why = parse_json_object(await request.body())
+        if body is None:
+            raise BadRequest(why)
         return body
 
     @app.exception_handler(BadRequest)
     async def bad_request(_: HTTPRequest, err: BadRequest) -> JSONResponse:
         return _error(400, str(err))
 
-    @app.post("/generate")
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: HTTPRequest, err: Overloaded) -> JSONResponse:
+        return _error(503, str(err), retry_after=1)
+
+    @app.post("/generate", openapi_extra=GENERATE_DOC)
     async def generate(request: HTTPRequest):
         body = await body_of(request)
         params = SamplingParams.from_dict(body.get("sampling_params"), engine.vocab_size)
         prompts, rids, batch = engine.parse(body)
+        stream = bool(body.get("stream"))
+        if stream and batch:  # refused before anything is queued: nothing may decode for nobody
+            raise BadRequest("stream is supported for a single prompt")
         return_logprob, return_entropy = bool(body.get("return_logprob")), bool(body.get("return_entropy"))
         loop = asyncio.get_running_loop()
         queues: list[asyncio.Queue] = []
@@ -306,37 +411,58 @@ def build_app(engine: Engine) -> FastAPI:
 
             reqs.append(engine.make_request(prompt, rid, params, on_event))
             queues.append(q)
+        submitted: list[Request] = []
         try:
             for req in reqs:
                 sched.submit(req)
+                submitted.append(req)
         except Overloaded as err:
-            for req in reqs:
-                sched.call(lambda r=req: sched.abort(r.rid, "queue full"))
+            for req in submitted:  # these objects only: another client may use the same rid
+                sched.cancel(req, "queue full")
             return _error(503, str(err), retry_after=1)
 
-        if body.get("stream"):
-            if batch:
-                raise BadRequest("stream is supported for a single prompt")
+        if stream:
             return StreamingResponse(
                 _stream(engine, reqs[0], queues[0], return_logprob, return_entropy),
                 media_type="text/event-stream",
             )
-        try:
+
+        async def all_finished() -> None:
             for q in queues:
                 while not await q.get():
                     pass
-        except asyncio.CancelledError:  # the client went away: free the slots
-            for req in reqs:
-                sched.call(lambda r=req: sched.abort(r.rid, "client disconnected"))
-            raise
+
+        finished = False
+        try:
+            finished, _ = await first_or_disconnect(all_finished(), request.receive)
+        finally:
+            if not finished:  # the client went away (or the server stops): free the slots
+                for req in reqs:
+                    sched.cancel(req, "client disconnected")
+        if not finished:
+            return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+        failed = [r for r in reqs if (r.finish_reason or {}).get("status_code", 200) >= 500]
+        if failed:
+            return _error(500, failed[0].finish_reason["message"])
         results = [engine.response(r, return_logprob, return_entropy) for r in reqs]
         return results if batch else results[0]
 
-    @app.post("/update_weights_from_disk")
+    @app.post(
+        "/update_weights_from_disk",
+        openapi_extra=_body_doc(
+            {
+                "model_path": {"type": "string"},
+                "weight_version": {"type": "string"},
+                "abort_all_requests": {"type": "boolean"},
+                "stage": {"type": "boolean"},
+            }
+        ),
+    )
     async def update_weights_from_disk(request: HTTPRequest):
         body = await body_of(request)
         if not isinstance(body.get("model_path"), str):
             raise BadRequest("model_path (a string) is required")
+        _check_version(body.get("weight_version"))
         result = await asyncio.get_running_loop().run_in_executor(
             engine.io,
             engine.update_from_disk,
@@ -370,7 +496,7 @@ def build_app(engine: Engine) -> FastAPI:
                 str(body.get("group_name", "weight_update_group")),
                 str(body.get("backend", "gloo")),
             )
-        except (KeyError, TypeError, ValueError) as err:
+        except (KeyError, TypeError, ValueError, OverflowError) as err:
             raise BadRequest(f"need master_address, master_port, rank_offset, world_size: {err}") from None
         try:
             await asyncio.get_running_loop().run_in_executor(engine.io, engine.receiver.init_group, *args)
@@ -381,12 +507,13 @@ def build_app(engine: Engine) -> FastAPI:
     @app.post("/update_weights_from_distributed")
     async def update_weights_from_distributed(request: HTTPRequest):
         body = await body_of(request)
+        engine.check_manifest(body)
         result = await asyncio.get_running_loop().run_in_executor(
             engine.io, engine.update_from_distributed, body
         )
         return JSONResponse(result, status_code=200 if result["success"] else 400)
 
-    @app.post("/pause_generation")
+    @app.post("/pause_generation", openapi_extra=_body_doc({"mode": {"type": "string"}}))
     async def pause_generation(request: HTTPRequest):
         body = await body_of(request)
         mode = body.get("mode", "abort")
@@ -400,12 +527,17 @@ def build_app(engine: Engine) -> FastAPI:
         await asyncio.wrap_future(sched.call(sched.resume))
         return {"success": True}
 
-    @app.post("/abort_request")
+    @app.post(
+        "/abort_request",
+        openapi_extra=_body_doc({"rid": {"type": "string"}, "abort_all": {"type": "boolean"}}),
+    )
     async def abort_request(request: HTTPRequest):
         body = await body_of(request)
         rid = None if body.get("abort_all") else body.get("rid")
         if rid is None and not body.get("abort_all"):
             raise BadRequest("give rid or abort_all: true")
+        if rid is not None and not isinstance(rid, str):
+            raise BadRequest("rid must be a string")
         n = await asyncio.wrap_future(sched.call(lambda: sched.abort(rid)))
         return {"success": True, "aborted": n}
 
@@ -457,7 +589,11 @@ def build_app(engine: Engine) -> FastAPI:
             lambda r, f: f and loop.call_soon_threadsafe(q.put_nowait, True),
         )
         sched.submit(req)
-        await asyncio.wait_for(q.get(), timeout=30)
+        try:
+            await asyncio.wait_for(q.get(), timeout=30)
+        except asyncio.TimeoutError:
+            sched.cancel(req, "health check timed out")
+            return _error(503, "no token generated within 30 s (paused or overloaded)")
         return {"status": "ok", "finish_reason": req.finish_reason}
 
     @app.get("/metrics")
@@ -473,20 +609,55 @@ def build_app(engine: Engine) -> FastAPI:
 
 
 async def _stream(engine: Engine, req: Request, q: asyncio.Queue, return_logprob: bool, return_entropy: bool):
-    """SGLang's SSE stream: one ``data:`` chunk per step (cumulative output), then ``data: [DONE]``."""
-    finished = False
-    while not finished:
-        finished = await q.get()
-        while not q.empty():
-            finished = finished or q.get_nowait()
-        yield f"data: {json.dumps(engine.response(req, return_logprob, return_entropy))}\n\n"
-    yield "data: [DONE]\n\n"
+    """SGLang's SSE stream: one ``data:`` chunk per step (cumulative output), then ``data: [DONE]``;
+    a request that failed in the engine ends with an ``error`` event. A client that goes away
+    (Starlette cancels the stream, or closes it) aborts the request."""
+    try:
+        finished = False
+        while not finished:
+            finished = await q.get()
+            while not q.empty():
+                finished = finished or q.get_nowait()
+            reason = req.finish_reason or {}
+            if reason.get("status_code", 200) >= 500:
+                error = {"message": reason.get("message"), "code": reason["status_code"]}
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                break
+            yield f"data: {json.dumps(engine.response(req, return_logprob, return_entropy))}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        if not req.finished:
+            engine.scheduler.cancel(req, "client disconnected")
+
+
+def _check_version(version: Any) -> None:
+    if version is not None and (
+        not isinstance(version, str) or len(version) > MAX_WEIGHT_VERSION_CHARS or has_lone_surrogate(version)
+    ):
+        raise BadRequest(f"weight_version must be a string of at most {MAX_WEIGHT_VERSION_CHARS} characters")
+
+
+def check_listen(host: str, token: str | None) -> None:
+    """Without BEBOP_ENGINE_TOKEN the engine only listens on loopback (as the gateway does)."""
+    check_token("BEBOP_ENGINE_TOKEN", token)
+    if host not in LOOPBACK and not token:
+        raise ValueError(
+            f"refusing to listen on {host} without BEBOP_ENGINE_TOKEN: "
+            "without a token the engine only listens on loopback"
+        )
 
 
 def serve_engine(cfg: EngineConfig, host: str, port: int) -> None:
     import uvicorn
 
+    check_listen(host, cfg.api_token)
     engine = Engine(cfg)
     engine.scheduler.start()
     log.info("engine on %s:%d serving %s (spec %s)", host, port, cfg.model_path, cfg.spec)
-    uvicorn.run(build_app(engine), host=host, port=port, log_level="warning")
+    uvicorn.run(
+        build_app(engine),
+        host=host,
+        port=port,
+        log_level="warning",
+        timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+    )
