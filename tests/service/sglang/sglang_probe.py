@@ -19,7 +19,7 @@ from types import SimpleNamespace
 os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("SGLANG_PLUGINS", "bebop")
 
-import torch  # noqa: E402
+import torch
 
 # Every module that binds SGLang's chain kernel by name (grep of sglang 0.5.23).
 KERNEL_MODULES = [
@@ -138,9 +138,10 @@ def as_lists(outputs: dict[str, torch.Tensor]) -> dict[str, list]:
 
 def verify_cases() -> dict[str, object]:
     """Patched (through eagle_utils' binding) against SGLang's original kernel on the same inputs."""
+    from sglang.srt.speculative import eagle_utils
+
     from bebop.kernels.sglang_peer import find_sglang_kernel, load_sglang_kernel
     from bebop.service.sglang.kernel import take_last_result
-    from sglang.srt.speculative import eagle_utils
 
     patched = eagle_utils.chain_speculative_sampling_triton
     original = load_sglang_kernel(str(find_sglang_kernel())).chain_speculative_sampling_triton
