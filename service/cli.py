@@ -50,6 +50,14 @@ def _engine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sglang_server(args: argparse.Namespace) -> int:
+    from bebop.service.sglang.launcher import run_sglang_server
+
+    return run_sglang_server(
+        args.sglang_args, python=args.python, check=not args.no_check, dry_run=args.dry_run
+    )
+
+
 def _bench_gateway(args: argparse.Namespace) -> int:
     from bebop.service.gateway.bench import Workload, find_smg, run_gateway_bench
     from bebop.training.demo_path import demo_model_dir
@@ -252,6 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights-root", action="append", help="directories checkpoints may load from (besides --model)"
     )
     engine.set_defaults(func=_engine)
+
+    sglang = commands.add_parser(
+        "sglang-server",
+        help="SGLang's server with the Bebop plugin: bebop sglang-server -- <sglang args>",
+        description="Checks the speculative flags (one line per problem, exit 2), then runs "
+        "`python -m sglang.launch_server <sglang args>` with the plugin allowed.",
+    )
+    sglang.add_argument("--python", default=None, help="interpreter with sglang (default: this one)")
+    sglang.add_argument("--no-check", action="store_true", help="skip the flag checks")
+    sglang.add_argument("--dry-run", action="store_true", help="check, print the command, do not run it")
+    sglang.add_argument("sglang_args", nargs=argparse.REMAINDER, help="SGLang's arguments, after --")
+    sglang.set_defaults(func=_sglang_server)
 
     train = commands.add_parser("train-mtp", help="train the MTP draft head on a frozen backbone")
     train.add_argument("--model", required=True, help="model directory: ours or any Hugging Face causal LM")
