@@ -74,9 +74,22 @@ def build_plugin_site(site: Path) -> Path:
     return site
 
 
+# Flags that `bebop sglang-server` accepts; the probe parses them with SGLang's own parser.
+GOOD_FLAGS = [
+    "--model-path", "MODEL",
+    "--speculative-algorithm", "NEXTN",
+    "--speculative-draft-model-path", "MODEL",
+    "--speculative-num-steps", "3",
+    "--speculative-eagle-topk", "1",
+    "--speculative-num-draft-tokens", "4",
+    "--speculative-use-rejection-sampling",
+]  # fmt: skip
+
+
 def sglang_env(site: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     env.update(PYTHONPATH=str(site), TRITON_INTERPRET="1", SGLANG_PLUGINS="bebop", CUDA_VISIBLE_DEVICES="")
+    env["BEBOP_PROBE_FLAGS"] = json.dumps(GOOD_FLAGS)
     return env
 
 

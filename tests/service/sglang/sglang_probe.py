@@ -219,6 +219,18 @@ def statistics() -> dict[str, object]:
     }
 
 
+def sglang_parses(args: list[str]) -> dict[str, object]:
+    """SGLang's own CLI parser on the flags ``bebop sglang-server`` checks: the names must be real."""
+    import argparse
+
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    parsed = vars(parser.parse_args(args))
+    return {k: v for k, v in parsed.items() if k.startswith("speculative_") or k == "model_path"}
+
+
 def main() -> None:
     result = {
         "sglang_plugins_env": os.environ.get("SGLANG_PLUGINS"),
@@ -227,6 +239,7 @@ def main() -> None:
     result["spawned_bindings"] = spawned_bindings()
     result["verify"] = verify_cases()
     result["statistics"] = statistics()
+    result["parsed_flags"] = sglang_parses(json.loads(os.environ["BEBOP_PROBE_FLAGS"]))
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
 
 
