@@ -262,7 +262,10 @@ class Engine:
         roots = [Path(r).resolve() for r in [self.cfg.model_path, *self.cfg.weights_roots]]
         if not any(resolved == r or r in resolved.parents for r in roots):
             self.metrics.weight_updates.labels("rejected").inc()
-            return {"success": False, "message": f"{model_path} is outside this engine's weight roots"}
+            return {
+                "success": False,
+                "message": f"checkpoint refused: {model_path} is outside this engine's weight roots",
+            }
         with self.reload_lock:
             try:
                 state = load_checked_state(model_path, self.model)

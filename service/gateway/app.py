@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
+import weakref
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
@@ -35,6 +35,7 @@ from bebop.service.gateway.schemas import (
 from bebop.service.gateway.settings import GatewaySettings
 from bebop.service.gateway.upstream import Upstream
 from bebop.service.gateway.weights import GroupMismatch, ReloadCoordinator, ReloadFailed
+from bebop.service.httpguard import BodyLimit, bearer_matches, first_or_disconnect, parse_json_object
 
 log = logging.getLogger(__name__)
 SGLANG_GENERATE_DOC = {
@@ -59,6 +60,7 @@ SGLANG_GENERATE_DOC = {
     },
 }
 MAX_BODY_BYTES = 32 << 20  # 32 MiB: thousands of long prompts fit; larger is a mistake
+CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the metrics do
 
 
 class Gateway:
@@ -66,28 +68,42 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
-        self.client = Upstream(settings.request_timeout_s)
+        self.client = Upstream(settings.request_timeout_s, token=settings.engine_token)
         self.pool = EnginePool(self.client, settings.failures_to_open)
         for url in settings.engine_urls:
             self.pool.add(url)
         self.forwarder = Forwarder(self.pool, settings.request_timeout_s)
         self.reloads = ReloadCoordinator(self.pool, list(settings.weights_roots), settings.request_timeout_s)
         self.rollouts = RolloutService(self.forwarder, self.reloads)
-        self.metrics = GatewayMetrics()
+        self.metrics = GatewayMetrics(settings.metric_tasks)
         self.inflight = 0
 
+    def release(self, samples: int) -> None:
+        self.inflight -= samples
+        self.metrics.inflight.set(self.inflight)
 
-def _token_guard(expected: str | None, kind: str):
+
+def _token_guard(accepted: list[str], kind: str):
+    """``Authorization: Bearer <one of accepted>``; open when nothing is configured (loopback only)."""
+
     async def check(authorization: Annotated[str | None, Header()] = None) -> None:
-        if expected is None:
+        if not accepted:
             return
-        given = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(given.encode(), expected.encode()):  # constant time
+        if not any(bearer_matches(authorization, token) for token in accepted):  # constant time each
             raise HTTPException(
                 401, f"missing or wrong bearer token ({kind})", headers={"WWW-Authenticate": "Bearer"}
             )
 
     return check
+
+
+def _tokens(settings: GatewaySettings) -> dict[str, list[str]]:
+    """Which secrets open which routes. A route class whose own token is not set takes the other
+    configured token, so no route is open once any token is set (see docs/security.md)."""
+    api = settings.api_token or settings.admin_token
+    admin = settings.admin_token or settings.api_token
+    scrape = [t for t in (admin, settings.metrics_token) if t]
+    return {"api": [api] if api else [], "admin": [admin] if admin else [], "metrics": scrape}
 
 
 def build_app(settings: GatewaySettings) -> FastAPI:
@@ -105,9 +121,12 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     app = FastAPI(title="Bebop gateway", description="Rollout service for RL trainers", lifespan=lifespan)
     app.state.gateway = gw
-    api = [Depends(_token_guard(settings.api_token, "api"))]
-    admin = [Depends(_token_guard(settings.admin_token, "admin"))]
+    tokens = _tokens(settings)
+    api = [Depends(_token_guard(tokens["api"], "api"))]
+    admin = [Depends(_token_guard(tokens["admin"], "admin"))]
+    scrape = [Depends(_token_guard(tokens["metrics"], "admin or metrics"))]
 
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)  # chunked bodies too
     app.add_middleware(LimitsAndMetrics, metrics=gw.metrics, max_body_bytes=MAX_BODY_BYTES)
 
     @app.exception_handler(RequestValidationError)
@@ -132,18 +151,22 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             )
 
     @app.post("/v1/rollouts", response_model=RolloutResponse, dependencies=api, tags=["rollouts"])
-    async def rollouts(req: RolloutRequest):
+    async def rollouts(req: RolloutRequest, request: Request):
         samples = sum(p.n for p in req.prompts)
         admit(samples)
         gw.inflight += samples
         gw.metrics.inflight.set(gw.inflight)
         if req.stream:
-            return StreamingResponse(_ndjson(gw, req, samples), media_type="application/x-ndjson")
-        try:
-            results = await gw.rollouts.run(req)
+            release = _once(lambda: gw.release(samples))
+            lines = _ndjson(gw, req, release)
+            weakref.finalize(lines, release)  # a client gone before the first line: never started
+            return StreamingResponse(lines, media_type="application/x-ndjson")
+        try:  # a client that goes away cancels its samples (and their engine calls)
+            done, results = await first_or_disconnect(gw.rollouts.run(req), request.receive)
         finally:
-            gw.inflight -= samples
-            gw.metrics.inflight.set(gw.inflight)
+            gw.release(samples)
+        if not done:
+            return Response(status_code=CLIENT_CLOSED)
         for r in results:
             gw.metrics.observe(r, req.task)
         # Serialized once here: returning the model would have FastAPI validate it all over again.
@@ -151,19 +174,14 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     @app.post("/generate", dependencies=api, tags=["sglang"], openapi_extra=SGLANG_GENERATE_DOC)
     async def generate(request: Request):
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return JSONResponse(
-                {"error": {"message": "the body is not valid JSON", "code": 400}}, status_code=400
-            )
-        if not isinstance(body, dict):
-            return JSONResponse(
-                {"error": {"message": "the body must be a JSON object", "code": 400}}, status_code=400
-            )
+        body, why = parse_json_object(await request.body())
+        if body is None:
+            return JSONResponse({"error": {"message": why, "code": 400}}, status_code=400)
         if body.get("stream"):
             return StreamingResponse(await gw.forwarder.stream(body), media_type="text/event-stream")
-        answer = await gw.forwarder.generate_response(body)
+        done, answer = await first_or_disconnect(gw.forwarder.generate_response(body), request.receive)
+        if not done:
+            return Response(status_code=CLIENT_CLOSED)
         return Response(answer.content, media_type="application/json")  # as the engine wrote it
 
     def reload_outcome(started: float, result: dict) -> dict:
@@ -246,6 +264,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
 
     @app.post("/v1/abort", dependencies=admin, tags=["control"])
     async def abort():
+        gw.reloads.abort_all()  # what is aborted now stays aborted, whatever the last reload said
         return {"engines": await fan_out("/abort_request", {"abort_all": True})}
 
     @app.get("/v1/engines", dependencies=admin, tags=["engines"])
@@ -278,7 +297,7 @@ def build_app(settings: GatewaySettings) -> FastAPI:
             return JSONResponse({"status": "no healthy engine"}, status_code=503)
         return {"status": "ok", "healthy_engines": healthy}
 
-    @app.get("/metrics", tags=["health"])
+    @app.get("/metrics", tags=["health"], dependencies=scrape)
     async def metrics():
         gw.metrics.refresh_engines(gw.pool)
         return PlainTextResponse(
@@ -288,8 +307,9 @@ def build_app(settings: GatewaySettings) -> FastAPI:
     return app
 
 
-async def _ndjson(gw: Gateway, req: RolloutRequest, samples: int):
-    """One JSON line per finished sample, as samples finish; a failed sample gets an error line."""
+async def _ndjson(gw: Gateway, req: RolloutRequest, release):
+    """One JSON line per finished sample, as samples finish; a failed sample gets an error line,
+    and so does a failure of the stream itself, so a stream never ends silently short."""
     try:
         async for item in gw.rollouts.stream(req):
             if isinstance(item, Exception):
@@ -297,6 +317,20 @@ async def _ndjson(gw: Gateway, req: RolloutRequest, samples: int):
             else:
                 gw.metrics.observe(item, req.task)
                 yield item.model_dump_json() + "\n"
+    except Exception as err:
+        log.exception("a rollout stream failed")
+        yield json.dumps({"error": f"the rollout stream failed: {type(err).__name__}: {err}"}) + "\n"
     finally:
-        gw.inflight -= samples
-        gw.metrics.inflight.set(gw.inflight)
+        release()
+
+
+def _once(fn):
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+
+    return call

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +18,7 @@ import httpx
 from bebop.service.gateway.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE_S = 5  # SIGTERM: in-flight calls get this long, then the gateway and its engines stop
 
 
 def free_port() -> int:
@@ -22,27 +27,32 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    """Linux: the child gets SIGTERM when the gateway dies, however it dies (no orphaned engines)."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: the child is SIGKILLed when the gateway dies, however it dies and whatever state the
+    child is in (a SIGTERM waits for a stuck request; a SIGKILL does not). Runs in the child."""
     try:
         import ctypes
-        import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
         pass
+    if os.getppid() != parent:  # the gateway died before prctl: nobody would ever stop this child
+        os._exit(1)
 
 
 def spawn_engines(
-    n: int, model: str, spec: str, extra: list[str]
+    n: int, model: str, spec: str, extra: list[str], token: str | None = None
 ) -> tuple[list[subprocess.Popen], list[str]]:
-    """Start n ``bebop engine`` children on loopback ports; wait until each answers /health."""
+    """Start n ``bebop engine`` children on loopback ports; wait until each answers /health.
+    They require ``token`` (BEBOP_ENGINE_TOKEN), so other local users cannot drive them."""
     bebop = str(Path(sys.executable).parent / "bebop")
+    env = {**os.environ, "BEBOP_ENGINE_TOKEN": token} if token else None
     procs, urls = [], []
     for _ in range(n):
         port = free_port()
         cmd = [bebop, "engine", "--model", model, "--port", str(port), "--spec", spec, *extra]
-        procs.append(subprocess.Popen(cmd, preexec_fn=_die_with_parent))
+        preexec = functools.partial(_die_with_parent, os.getpid())
+        procs.append(subprocess.Popen(cmd, preexec_fn=preexec, env=env))
         urls.append(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + 300
     for proc, url in zip(procs, urls, strict=True):
@@ -80,12 +90,23 @@ def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine
 
     procs: list[subprocess.Popen] = []
     if not settings.engine_urls and not settings.engine_dns:
-        procs, settings.engine_urls = spawn_engines(engines, model, spec, engine_args)
+        # children get a token even when the operator set none: only this gateway talks to them
+        settings.engine_token = settings.engine_token or secrets.token_urlsafe(24)
         settings.weights_roots.append(Path(model).resolve())
+        roots = [arg for root in settings.weights_roots for arg in ("--weights-root", str(root))]
+        procs, settings.engine_urls = spawn_engines(
+            engines, model, spec, [*engine_args, *roots], settings.engine_token
+        )
     try:
         log.info(
             "gateway on %s:%d in front of %s", settings.host, settings.port, ", ".join(settings.engine_urls)
         )
-        uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level="warning")
+        uvicorn.run(
+            build_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+        )
     finally:
         stop(procs)

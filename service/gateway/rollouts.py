@@ -12,7 +12,9 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator
+import time
+import weakref
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,8 @@ from bebop.service.gateway.schemas import RolloutRequest, RolloutResult, SpecSta
 from bebop.service.gateway.upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
+BUSY_RETRY_FIRST_S = 0.05  # every engine answered busy: wait, then try again, doubling up to
+BUSY_RETRY_MAX_S = 1.0  # this, until the request timeout: admitted work waits, it is not bounced
 
 
 class EngineRejected(Exception):
@@ -46,7 +50,7 @@ class Forwarder:
     ) -> UpstreamResponse:
         """The engine's answer, unparsed: the pass-through relays its bytes as they are."""
         engine, r = await self._open(body, session_id, stream=False)
-        engine.outstanding -= 1
+        engine.outstanding -= 1  # no await between the answer and here: nothing can leak
         self.pool.record_success(engine)
         return r
 
@@ -57,6 +61,7 @@ class Forwarder:
         with an explicit SSE error event rather than a silent cut.
         """
         engine, r = await self._open(body, session_id, stream=True)
+        release = _once(lambda: _settle(engine, r))
 
         async def relay() -> AsyncIterator[bytes]:
             try:
@@ -68,10 +73,13 @@ class Forwarder:
                 message = f"engine {engine.url} failed mid-stream: {err}"
                 yield f"data: {json.dumps({'error': {'message': message, 'code': 502}})}\n\n".encode()
             finally:
-                engine.outstanding -= 1
-                r.close()
+                release()
 
-        return relay()
+        stream = relay()
+        # a client that leaves before the first chunk leaves the generator unstarted: its finally
+        # never runs, so the count and the engine connection are released when it is collected
+        weakref.finalize(stream, release)
+        return stream
 
     async def _open(
         self, body: dict[str, Any], session_id: str | None, stream: bool
@@ -79,40 +87,76 @@ class Forwarder:
         """The first engine that answers 2xx, with its response (streaming or read) and its
         ``outstanding`` count still raised: the caller lowers it when done. The response is an
         ``UpstreamStream`` when ``stream``, else an ``UpstreamResponse``."""
-        tried: set[str] = set()
+        failed: set[str] = set()  # engines that broke: not tried again for this request
+        busy: set[str] = set()  # engines that answered 429/503: tried again after a pause
         last_error = "no engine tried"
+        deadline = time.monotonic() + self.timeout_s
+        pause = BUSY_RETRY_FIRST_S
         while True:
             try:
-                engine = self.pool.select(session_id, exclude=tried)
+                engine = self.pool.select(session_id, exclude=failed | busy)
             except NoEngineAvailable:
+                if busy and time.monotonic() + pause < deadline:
+                    await asyncio.sleep(pause)
+                    pause, busy = min(2 * pause, BUSY_RETRY_MAX_S), set()
+                    continue
                 raise NoEngineAvailable(f"no healthy engine could serve the request ({last_error})") from None
-            tried.add(engine.url)
             engine.outstanding += 1
             url = engine.url + "/generate"
+            r: Any = None
+            handed_over = False
             try:
                 if stream:
                     r = await self.pool.client.open_stream(url, body, self.timeout_s)
                     if r.status_code >= 400:
-                        opened, r = r, await r.read()
-                        opened.close()
+                        opened, r = r, None
+                        try:
+                            r = await opened.read()
+                        finally:
+                            opened.close()
                 else:
                     r = await self.pool.client.post(url, body, self.timeout_s)
+                if r.status_code < 400:
+                    handed_over = True
+                    return engine, r
             except UpstreamError as err:  # nothing came back: safe to retry elsewhere (same seed)
-                engine.outstanding -= 1
                 self.pool.record_failure(engine)
+                failed.add(engine.url)
                 last_error = f"{engine.url}: {err}"
                 continue
-            if r.status_code < 400:
-                return engine, r
-            engine.outstanding -= 1
-            if r.status_code in (429, 503):  # busy, not broken: try another engine
+            finally:  # also when the caller is cancelled mid-call: the count must come back down
+                if not handed_over:
+                    engine.outstanding -= 1
+                    if hasattr(r, "close"):
+                        r.close()
+            if r.status_code in (429, 503):  # busy, not broken: try another engine, then wait
+                busy.add(engine.url)
                 last_error = f"{engine.url}: busy (HTTP {r.status_code})"
                 continue
             if r.status_code >= 500:
                 self.pool.record_failure(engine)
+                failed.add(engine.url)
                 last_error = f"{engine.url}: HTTP {r.status_code}"
                 continue
+            # a 4xx is the request's fault, never the engine's: the breaker does not count it
             raise EngineRejected(r.status_code, _message(r))
+
+
+def _once(fn: Callable[[], None]) -> Callable[[], None]:
+    done = False
+
+    def call() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            fn()
+
+    return call
+
+
+def _settle(engine: EngineState, stream: Any) -> None:
+    engine.outstanding -= 1
+    stream.close()
 
 
 def _message(r: UpstreamResponse) -> str:
@@ -148,12 +192,13 @@ class RolloutService:
 
     async def sample(self, req: RolloutRequest, i: int, k: int, body: dict[str, Any]) -> RolloutResult:
         session = req.prompts[i].session_id
+        started = time.monotonic()
         out = await self.forwarder.generate(body, session)
         spans = list(out["meta_info"].get("weight_version_spans") or [])
         output = list(out["output_ids"])
         logprobs = _logprobs(out) if req.return_logprobs else None
         # A reload that aborted this sample: continue it from its prefix on the new weights.
-        while _aborted(out) and self.reloads.continue_aborted and "input_ids" in body and output is not None:
+        while _aborted(out) and self.reloads.continues(started) and "input_ids" in body:
             await self.reloads.wait_idle()
             remaining = body["sampling_params"]["max_new_tokens"] - len(output)
             if remaining <= 0:
@@ -172,12 +217,16 @@ class RolloutService:
             if logprobs is not None:
                 logprobs += _logprobs(out)
         meta = out["meta_info"]
+        finish = meta.get("finish_reason")
+        limit = body["sampling_params"]["max_new_tokens"]
+        if (finish or {}).get("type") == "length" or len(output) >= limit:
+            finish = {"type": "length", "length": len(output)}  # the whole sample, not its last piece
         return RolloutResult(
             prompt_index=i,
             sample_index=k,
             output_ids=output,
             output_logprobs=logprobs,
-            finish_reason=meta.get("finish_reason"),
+            finish_reason=finish,
             weight_version=meta.get("weight_version"),
             weight_version_spans=spans,
             spec=SpecStats(
@@ -190,21 +239,33 @@ class RolloutService:
         )
 
     async def run(self, req: RolloutRequest) -> list[RolloutResult]:
-        jobs = self.plan(req)
-        return list(await asyncio.gather(*(self.sample(req, i, k, b) for i, k, b in jobs)))
+        """Every sample, or the first failure, with its siblings cancelled (their engine calls are
+        closed, so the engines abort them) before this returns: nothing runs on uncounted."""
+        tasks = [asyncio.ensure_future(self.sample(req, i, k, b)) for i, k, b in self.plan(req)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            await _cancel_all(tasks)
 
     async def stream(self, req: RolloutRequest) -> AsyncIterator[RolloutResult | Exception]:
         """Results as samples finish; a failed sample yields its exception (reported as an error line)."""
-        tasks = [asyncio.create_task(self.sample(req, i, k, b)) for i, k, b in self.plan(req)]
+        tasks = [asyncio.ensure_future(self.sample(req, i, k, b)) for i, k, b in self.plan(req)]
         try:
             for fut in asyncio.as_completed(tasks):
                 try:
                     yield await fut
-                except (EngineRejected, NoEngineAvailable) as err:
+                except Exception as err:  # any failure is that sample's error line, not a cut stream
+                    if not isinstance(err, (EngineRejected, NoEngineAvailable)):
+                        log.exception("a streamed sample failed")
                     yield err
         finally:
-            for t in tasks:
-                t.cancel()
+            await _cancel_all(tasks)
+
+
+async def _cancel_all(tasks: list[asyncio.Future]) -> None:
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _aborted(out: dict[str, Any]) -> bool:

@@ -4,11 +4,28 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from bebop.service.httpguard import has_lone_surrogate
 
 MAX_SAMPLES_PER_PROMPT = 1024
 MAX_PROMPTS = 4096
 MAX_NEW_TOKENS = 1 << 16
+MAX_TOKEN_ID = (1 << 31) - 1  # no vocabulary is larger; the engine checks its own
+MAX_TOP_K = (1 << 31) - 1  # SGLang's top_k is int32; a top_k beyond the vocabulary means "off"
+MAX_STOP_TOKEN_IDS = 1024
+MAX_TENSOR_DIMS = 8
+MAX_TENSOR_DIM = 1 << 40
+
+
+def _unicode(text: str) -> str:
+    if has_lone_surrogate(text):
+        raise ValueError("holds a lone surrogate (\\ud800-\\udfff), which is not Unicode text")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]  # every free-text field: JSON allows lone surrogates
+TokenId = Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]
 
 
 class SamplingParamsIn(BaseModel):
@@ -17,9 +34,9 @@ class SamplingParamsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     temperature: float = Field(1.0, ge=0.0, le=100.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(-1, ge=-1)
+    top_k: int = Field(-1, ge=-1, le=MAX_TOP_K)
     max_new_tokens: int = Field(128, ge=1, le=MAX_NEW_TOKENS)
-    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+    stop_token_ids: list[TokenId] = Field(default_factory=list, max_length=MAX_STOP_TOKEN_IDS)
     ignore_eos: bool = False
 
     @model_validator(mode="after")
@@ -34,10 +51,10 @@ class PromptIn(BaseModel):
         extra="forbid",
         json_schema_extra={"oneOf": [{"required": ["text"]}, {"required": ["input_ids"]}]},
     )
-    text: str | None = Field(None, min_length=1)
-    input_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1)
+    text: Text | None = Field(None, min_length=1)
+    input_ids: list[TokenId] | None = Field(None, min_length=1)
     n: int = Field(1, ge=1, le=MAX_SAMPLES_PER_PROMPT)
-    session_id: str | None = Field(None, max_length=256)
+    session_id: Text | None = Field(None, max_length=256)
 
     @model_validator(mode="after")
     def _one_input(self) -> PromptIn:
@@ -52,7 +69,7 @@ class RolloutRequest(BaseModel):
     sampling_params: SamplingParamsIn = Field(default_factory=SamplingParamsIn)
     seed: int | None = Field(None, ge=0, lt=2**62, description="sample k of a prompt uses seed + k")
     return_logprobs: bool = False
-    task: str | None = Field(None, max_length=128, description="label for metrics")
+    task: Text | None = Field(None, max_length=128, description="label for metrics (a configured set)")
     stream: bool = False
 
 
@@ -81,8 +98,8 @@ class RolloutResponse(BaseModel):
 
 class WeightsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model_path: str = Field(min_length=1)
-    version: str = Field(min_length=1, max_length=128)
+    model_path: Text = Field(min_length=1, max_length=4096)
+    version: Text = Field(min_length=1, max_length=128)
     pause_mode: Literal["abort", "retract", "in_place"] = "retract"
     continue_aborted: bool = False
 
@@ -91,10 +108,10 @@ class WeightGroupRequest(BaseModel):
     """The trainer's process group for the distributed push; the trainer is rank 0."""
 
     model_config = ConfigDict(extra="forbid")
-    master_address: str = Field(min_length=1, max_length=255)
+    master_address: Text = Field(min_length=1, max_length=255)
     master_port: int = Field(ge=1, le=65535)
     world_size: int = Field(ge=2, le=65536, description="1 + the engines' ranks (GET /v1/weights/group)")
-    group_name: str = Field(default="bebop_weights", min_length=1, max_length=128)
+    group_name: Text = Field(default="bebop_weights", min_length=1, max_length=128)
     backend: Literal["gloo", "nccl"] = "gloo"
 
 
@@ -102,11 +119,13 @@ class WeightPushRequest(BaseModel):
     """What the trainer is about to broadcast, in order; the engines stage it, then all commit."""
 
     model_config = ConfigDict(extra="forbid")
-    names: list[str] = Field(min_length=1, max_length=100_000)
-    dtypes: list[Literal["float32", "float16", "bfloat16", "float64"]]
-    shapes: list[list[Annotated[int, Field(ge=0)]]]
-    group_name: str = Field(default="bebop_weights", min_length=1, max_length=128)
-    version: str = Field(min_length=1, max_length=128)
+    names: list[Annotated[Text, Field(max_length=1024)]] = Field(min_length=1, max_length=100_000)
+    dtypes: list[Literal["float32", "float16", "bfloat16", "float64"]] = Field(max_length=100_000)
+    shapes: list[
+        Annotated[list[Annotated[int, Field(ge=0, le=MAX_TENSOR_DIM)]], Field(max_length=MAX_TENSOR_DIMS)]
+    ] = Field(max_length=100_000)
+    group_name: Text = Field(default="bebop_weights", min_length=1, max_length=128)
+    version: Text = Field(min_length=1, max_length=128)
     pause_mode: Literal["abort", "retract", "in_place"] = "retract"
     continue_aborted: bool = False
 
@@ -124,4 +143,4 @@ class PauseRequest(BaseModel):
 
 class EngineRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: str = Field(min_length=8, max_length=512)
+    url: Text = Field(min_length=8, max_length=512)

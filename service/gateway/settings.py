@@ -6,8 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PLACEHOLDER_TOKENS = {"changeme", "change-me", "secret", "token", "xxx", "placeholder"}
-LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+from bebop.service.httpguard import LOOPBACK, check_token
 
 
 @dataclass
@@ -17,7 +16,10 @@ class GatewaySettings:
     engine_urls: list[str] = field(default_factory=list)
     engine_dns: list[str] = field(default_factory=list)  # host:port names resolving to many engines
     api_token: str | None = None  # BEBOP_API_TOKEN: rollouts and /generate
-    admin_token: str | None = None  # BEBOP_ADMIN_TOKEN: weights, pause, abort, engines
+    admin_token: str | None = None  # BEBOP_ADMIN_TOKEN: weights, pause, abort, engines, /metrics
+    metrics_token: str | None = None  # BEBOP_METRICS_TOKEN: a scrape-only secret for /metrics
+    engine_token: str | None = None  # BEBOP_ENGINE_TOKEN: sent to every engine
+    metric_tasks: list[str] = field(default_factory=list)  # task labels kept as they are (else "other")
     weights_roots: list[Path] = field(default_factory=list)  # where /v1/weights may load from
     request_timeout_s: float = 600.0
     max_inflight: int = 4096  # accepted rollouts in flight before 429
@@ -29,13 +31,22 @@ class GatewaySettings:
         s = cls(**overrides)
         s.api_token = s.api_token or os.environ.get("BEBOP_API_TOKEN") or None
         s.admin_token = s.admin_token or os.environ.get("BEBOP_ADMIN_TOKEN") or None
+        s.metrics_token = s.metrics_token or os.environ.get("BEBOP_METRICS_TOKEN") or None
+        s.engine_token = s.engine_token or os.environ.get("BEBOP_ENGINE_TOKEN") or None
+        tasks = os.environ.get("BEBOP_METRIC_TASKS")
+        if tasks and not s.metric_tasks:
+            s.metric_tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         s.validate()
         return s
 
     def validate(self) -> None:
-        for name, token in (("BEBOP_API_TOKEN", self.api_token), ("BEBOP_ADMIN_TOKEN", self.admin_token)):
-            if token is not None and (token.lower() in PLACEHOLDER_TOKENS or len(token) < 12):
-                raise ValueError(f"{name} looks like a placeholder: use a random secret of 12+ characters")
+        for name, token in (
+            ("BEBOP_API_TOKEN", self.api_token),
+            ("BEBOP_ADMIN_TOKEN", self.admin_token),
+            ("BEBOP_METRICS_TOKEN", self.metrics_token),
+            ("BEBOP_ENGINE_TOKEN", self.engine_token),
+        ):
+            check_token(name, token)
         if self.host not in LOOPBACK and not (self.api_token and self.admin_token):
             raise ValueError(
                 f"refusing to listen on {self.host} without BEBOP_API_TOKEN and BEBOP_ADMIN_TOKEN: "

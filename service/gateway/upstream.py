@@ -61,16 +61,20 @@ class UpstreamStream:
 class Upstream:
     """One connection pool for all engines; create it inside the event loop that uses it."""
 
-    def __init__(self, timeout_s: float, max_connections: int = 2048):
+    def __init__(self, timeout_s: float, max_connections: int = 2048, token: str | None = None):
         self.timeout_s = timeout_s
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        # BEBOP_ENGINE_TOKEN, as SGLang's --api-key expects it
+        self._headers = {"Authorization": f"Bearer {token}"} if token else None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:  # lazily: aiohttp binds the session to the running loop
             connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0)
-            self._session = aiohttp.ClientSession(connector=connector, json_serialize=json.dumps)
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=json.dumps, headers=self._headers
+            )
         return self._session
 
     def _timeout(self, timeout_s: float | None) -> aiohttp.ClientTimeout:

@@ -58,7 +58,8 @@ class ReloadCoordinator:
     pool: EnginePool
     roots: list[Path]
     timeout_s: float = 600.0
-    continue_aborted: bool = False
+    continue_aborted: bool = False  # the last reload's choice for the samples it aborted
+    last_abort: float = 0.0  # monotonic time of the last /v1/abort: samples older than it stay aborted
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     last: dict = field(default_factory=dict)
@@ -73,14 +74,22 @@ class ReloadCoordinator:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
+    def continues(self, started: float) -> bool:
+        """Whether an aborted sample that started at ``started`` (monotonic) goes on from its prefix:
+        the last reload asked for it, and no /v1/abort came since the sample started."""
+        return self.continue_aborted and self.last_abort < started
+
+    def abort_all(self) -> None:
+        self.last_abort = time.monotonic()
+
     def allowed(self, model_path: str) -> Path:
-        """The resolved path if it lies under an allowed root (the served models' directories and
-        --weights-root); raises PermissionError otherwise, ValueError for a path that cannot exist."""
+        """The resolved path if it lies under an allowed root (--weights-root, and the model of the
+        embedded engines); raises PermissionError otherwise, ValueError for a path that cannot exist.
+        Roots come from the operator only, never from what an engine reports."""
         if "\x00" in model_path:
             raise ValueError("model_path contains a NUL byte")
         path = Path(model_path).resolve()
         roots = [r.resolve() for r in self.roots]
-        roots += [Path(e.model_path).resolve().parent for e in self.pool.engines.values() if e.model_path]
         if not any(path == r or r in path.parents for r in roots):
             raise PermissionError(f"{model_path} is outside the allowed weight roots")
         return path
@@ -179,7 +188,8 @@ class ReloadCoordinator:
         unknown field, so it gets SGLang's own call and swaps at once."""
 
         def body_for(url: str) -> dict:
-            return {**body, "stage": True} if self.pool.engines[url].can_stage else body
+            engine = self.pool.engines.get(url)  # None: removed while paused; it fails or stages
+            return {**body, "stage": True} if engine is None or engine.can_stage else body
 
         answers = await asyncio.gather(*(self._post(u, path, body_for(u)) for u in urls))
         return dict(zip(urls, answers, strict=True))
@@ -200,15 +210,21 @@ class ReloadCoordinator:
             if not urls:
                 self._idle.set()
                 raise ReloadFailed("no healthy engine to update", {})
+            engines = {u: self.pool.engines.get(u) for u in urls}  # one may be removed meanwhile
             previous = {
                 u: (
-                    self.checkpoints.get(u, self.pool.engines[u].model_path),
-                    self.pool.engines[u].weight_version,
+                    self.checkpoints.get(u, getattr(engines[u], "model_path", None)),
+                    getattr(engines[u], "weight_version", None),
                 )
                 for u in urls
             }
             try:
-                await self.post_all("/pause_generation", {"mode": pause_mode}, urls)
+                paused = await self.post_all("/pause_generation", {"mode": pause_mode}, urls)
+                not_paused = {u: a for u, a in paused.items() if not a.get("success")}
+                if not_paused:  # nothing staged yet: nothing to undo
+                    detail = {u: {"updated": False, **a} for u, a in paused.items()}
+                    self.last = {"version": version, "outcome": "not_paused", "engines": detail}
+                    raise ReloadFailed("some engines could not be paused; nothing changed", detail)
                 results = await stage(urls)
                 ok = [u for u in urls if results[u].get("success")]
                 staged = [u for u in ok if results[u].get("staged")]
@@ -224,15 +240,33 @@ class ReloadCoordinator:
                         "/discard_staged_weights", {}, [u for u in staged if u not in committed]
                     )
                     rolled = await self._roll_back(committed, previous)
+                    serving = await self._all_info(urls, "/model_info")  # checked, not assumed
                     detail = {
-                        u: {"updated": u not in failed, **results[u], **rolled.get(u, {})} for u in urls
+                        u: {
+                            "updated": u not in failed,
+                            **results[u],
+                            **rolled.get(u, {}),
+                            "serving": serving[u].get("weight_version"),
+                        }
+                        for u in urls
                     }
-                    self.last = {"version": version, "outcome": "rolled_back", "engines": detail}
-                    raise ReloadFailed(
-                        "the update failed on some engines; all engines serve the old weights", detail
+                    old = {u: previous[u][1] for u in urls}
+                    consistent = all(detail[u]["serving"] == old[u] for u in urls)
+                    self.last = {
+                        "version": version,
+                        "outcome": "rolled_back" if consistent else "inconsistent",
+                        "engines": detail,
+                    }
+                    message = (
+                        "the update failed on some engines; all engines serve the old weights"
+                        if consistent
+                        else "the update failed and the rollback did not restore every engine: "
+                        + ", ".join(f"{u} serves {detail[u]['serving']!r}" for u in urls)
                     )
+                    raise ReloadFailed(message, detail)
                 for url in urls:
-                    self.pool.engines[url].weight_version = version
+                    if url in self.pool.engines:  # an engine removed mid-reload is no longer ours
+                        self.pool.engines[url].weight_version = version
                     self.checkpoints[url] = checkpoint
                 self.last = {
                     "version": version,

@@ -25,6 +25,7 @@ def engine(quick_model):
         "--max-queue",
         "8",
     ]
+    args += ["--weights-root", str(quick_model.parent)]  # where test checkpoints are written
     with running([*args, "--context-length", "128"], port) as url:
         yield url
 
@@ -165,12 +166,12 @@ def test_pause_in_place_and_abort(engine):
     assert httpx.post(engine + "/pause_generation", json={"mode": "sideways"}).status_code == 400
 
 
-def test_weight_update_from_disk_good_and_bad(engine, quick_model, tmp_path):
+def test_weight_update_from_disk_good_and_bad(engine, quick_model):
     body = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 6, "sampling_seed": 5}}
     before = gen(engine, **body).json()["output_ids"]
     # a corrupt checkpoint is refused and the old weights keep serving
-    bad = tmp_path / "bad"
-    shutil.copytree(quick_model, bad)
+    bad = quick_model.parent / "bad-engine-checkpoint"
+    shutil.copytree(quick_model, bad, dirs_exist_ok=True)
     (bad / "model.safetensors").write_bytes(b"\x00" * 100)
     r = httpx.post(
         engine + "/update_weights_from_disk", json={"model_path": str(bad), "weight_version": "v-bad"}

@@ -22,12 +22,17 @@ ROLLOUT = {
 }
 
 
+def engine_args(model):
+    """Checkpoints of these tests are written beside the model: the operator allows that root."""
+    return ["engine", "--model", str(model), "--weights-root", str(model.parent)]
+
+
 @pytest.fixture(scope="module")
 def engines(quick_model):
     ports = [free_port(), free_port()]
     with (
-        running(["engine", "--model", str(quick_model), "--port", str(ports[0])], ports[0]) as a,
-        running(["engine", "--model", str(quick_model), "--port", str(ports[1])], ports[1]) as b,
+        running([*engine_args(quick_model), "--port", str(ports[0])], ports[0]) as a,
+        running([*engine_args(quick_model), "--port", str(ports[1])], ports[1]) as b,
     ):
         yield [a, b]
 
@@ -36,6 +41,7 @@ def engines(quick_model):
 def gateway(engines, quick_model):
     port = free_port()
     args = ["serve", "--port", str(port), "--engine-url", engines[0], "--engine-url", engines[1]]
+    args += ["--weights-root", str(quick_model.parent)]
     with running(args, port, ready_path="/readyz") as url:
         yield url
 

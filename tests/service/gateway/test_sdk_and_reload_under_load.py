@@ -27,7 +27,19 @@ def gateway(quick_model):
     ):
         port = free_port()
         with running(
-            ["serve", "--port", str(port), "--engine-url", a, "--engine-url", b], port, "/readyz"
+            [
+                "serve",
+                "--port",
+                str(port),
+                "--engine-url",
+                a,
+                "--engine-url",
+                b,
+                "--weights-root",
+                str(quick_model),
+            ],
+            port,
+            "/readyz",
         ) as url:
             yield url
 
