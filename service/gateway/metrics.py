@@ -15,6 +15,9 @@ from bebop.service.gateway.pool import EnginePool
 from bebop.service.gateway.schemas import RolloutResult
 
 FIT_WINDOW = 2048
+MAX_TASK_LABELS = 16  # without a configured set: the first tasks seen keep their name, later ones "other"
+MAX_VERSION_LABELS = 4  # weight versions kept as labels; an older version's series are dropped
+MAX_LABEL_CHARS = 64
 ENTROPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 RATE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 # Rollouts run for minutes: the client library's default buckets stop at 10 s, so a p99 above that
@@ -24,7 +27,12 @@ RELOAD_OUTCOMES = ("success", "rolled_back")
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
+    """Every label has a bounded set of values: a client's free text never makes a new series."""
+
+    def __init__(self, tasks: list[str] | None = None) -> None:
+        self._tasks_configured = bool(tasks)
+        self._tasks = {t[:MAX_LABEL_CHARS] for t in tasks or []}
+        self._versions: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
             "bebop_http_requests", "HTTP requests by route and status", ["route", "status"], registry=r
@@ -89,9 +97,32 @@ class GatewayMetrics:
         self.inflight = Gauge("bebop_rollouts_inflight", "Samples in flight through the gateway", registry=r)
         self._window: collections.deque[tuple[float, float, list]] = collections.deque(maxlen=FIT_WINDOW)
 
+    def task_label(self, task: str | None) -> str:
+        if task is None:
+            return "none"
+        task = task[:MAX_LABEL_CHARS]
+        if task not in self._tasks and not self._tasks_configured and len(self._tasks) < MAX_TASK_LABELS:
+            self._tasks.add(task)
+        return task if task in self._tasks else "other"
+
+    def version_label(self, version: str | None) -> str:
+        """The last MAX_VERSION_LABELS versions keep their series; the oldest one's are removed."""
+        version = (version or "unknown")[:MAX_LABEL_CHARS]
+        if version in self._versions:
+            self._versions.move_to_end(version)
+            return version
+        self._versions[version] = None
+        while len(self._versions) > MAX_VERSION_LABELS:
+            old, _ = self._versions.popitem(last=False)
+            for metric in (self.samples, self.tokens, self.accept_rate, self.entropy):
+                for labels in list(metric._metrics):  # prometheus_client keeps children by label tuple
+                    if old in labels:
+                        metric.remove(*labels)
+        return version
+
     def observe(self, result: RolloutResult, task: str | None) -> None:
-        task = task or "none"
-        version = result.weight_version or "unknown"
+        task = self.task_label(task)
+        version = self.version_label(result.weight_version)
         finish = (result.finish_reason or {}).get("type", "unknown")
         self.samples.labels(task, version, finish).inc()
         self.tokens.labels(task, version).inc(len(result.output_ids))
