@@ -14,13 +14,22 @@ logger = logging.getLogger(__name__)
 # stale ``from ... import`` copy: verify_sampling.py:18, eagle_utils.py:17-20, uno_utils.py:10,
 # dspark_accept.py:28 (sglang/srt/plugins/hook_registry.py:290-303).
 KERNEL_TARGET = "sglang.kernels.ops.speculative.reject_sampling.chain_speculative_sampling_triton"
+# Statistics (stats.py): the verify (also bound in eagle_worker_common.py:31 and ngram_worker.py:27),
+# the output streamer's class (scheduler.py:2647), the tokenizer's meta_info (tokenizer_manager.py:2824).
+VERIFY_TARGET = "sglang.srt.speculative.eagle_utils.eagle_sample"
+STREAMER_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class"
+META_INFO_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info"
 
 
 def load() -> None:
     """Register Bebop's hooks with SGLang's HookRegistry (called by SGLang's plugin loader)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
+    from . import stats
     from .kernel import chain_speculative_sampling
 
     HookRegistry.register(KERNEL_TARGET, chain_speculative_sampling, HookType.REPLACE)
+    HookRegistry.register(VERIFY_TARGET, stats.around_eagle_sample, HookType.AROUND)
+    HookRegistry.register(STREAMER_TARGET, stats.after_get_output_streamer_class, HookType.AFTER)
+    HookRegistry.register(META_INFO_TARGET, stats.after_update_request_meta_info, HookType.AFTER)
     logger.info("bebop plugin: chain_speculative_sampling_triton -> Bebop's chain rejection sampler")

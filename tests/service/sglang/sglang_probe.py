@@ -8,6 +8,7 @@ and the last stdout line is ``RESULT <json>`` for the tests to judge. Usage: ``p
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import json
@@ -219,6 +220,76 @@ def statistics() -> dict[str, object]:
     }
 
 
+def statistics_plumbing() -> dict[str, object]:
+    """The statistics path with SGLang's real classes: the verify hook records the kernel's figures,
+    the scheduler's output streamer (as the hooked Scheduler chooses it) puts them in
+    customized_info, and the hooked TokenizerManager turns them into meta_info fields."""
+    from prometheus_client import REGISTRY, generate_latest
+    from sglang.srt.managers.scheduler import Scheduler
+    from sglang.srt.managers.scheduler_components.output_streamer import SchedulerOutputStreamer
+    from sglang.srt.managers.tokenizer_manager import TokenizerManager
+    from sglang.srt.speculative import eagle_utils, eagle_worker_common
+
+    from bebop.service.sglang import stats
+
+    def hooked(fn, hook) -> bool:
+        try:
+            return inspect.getclosurevars(fn).nonlocals.get("hook") is hook
+        except TypeError:
+            return False
+
+    out: dict[str, object] = {
+        "eagle_sample_hooked": [
+            hooked(m.eagle_sample, stats.around_eagle_sample) for m in (eagle_utils, eagle_worker_common)
+        ]
+    }
+    streamer_cls = Scheduler.get_output_streamer_class(SimpleNamespace(rust_server=None))
+    out["streamer_is_sglangs_subclass"] = issubclass(streamer_cls, SchedulerOutputStreamer) and (
+        streamer_cls is not SchedulerOutputStreamer
+    )
+    streamer = object.__new__(streamer_cls)  # its fields are not needed by the method under test
+    reqs = [
+        SimpleNamespace(
+            rid=rid, sampling_params=SimpleNamespace(custom_params=params), finished=lambda: False
+        )
+        for rid, params in (("a", {"return_entropy": True}), ("b", None))
+    ]
+    gen = torch.Generator().manual_seed(11)
+    manager = TokenizerManager.__new__(TokenizerManager)
+    states = [
+        SimpleNamespace(customized_info_accumulated={}, customized_info_reported_keys=set()) for _ in reqs
+    ]
+    steps = []
+    for _ in range(3):  # three verify + output steps
+        q = torch.softmax(torch.randn(2, 3, 11, generator=gen), -1)
+        kwargs = verify_kwargs(torch.randn(2 * 4, 11, generator=gen), 1.0, q, gen)
+
+        def fake_eagle_sample(verify_input, batch, kwargs=kwargs):
+            return run(eagle_utils.chain_speculative_sampling_triton, kwargs)
+
+        result = stats.around_eagle_sample(fake_eagle_sample, None, SimpleNamespace(reqs=reqs))
+        fields = streamer.build_additional_customized_info(reqs)
+        metas = []
+        for i, state in enumerate(states):
+            meta: dict = {}
+            manager.update_request_meta_info(meta, state, fields, i, None)
+            metas.append(copy.deepcopy(meta))  # SGLang's meta_info aliases its growing lists
+        steps.append(
+            {
+                "accept_token_num": result["accept_token_num"].tolist(),
+                "entropy": (
+                    -torch.special.xlogy(kwargs["target_probs"], kwargs["target_probs"]).sum(-1)
+                ).tolist(),
+                "meta": metas,
+            }
+        )
+    out["steps"] = steps
+    out["metrics"] = [
+        line for line in generate_latest(REGISTRY).decode().splitlines() if line.startswith("bebop_engine_")
+    ]
+    return out
+
+
 def sglang_parses(args: list[str]) -> dict[str, object]:
     """SGLang's own CLI parser on the flags ``bebop sglang-server`` checks: the names must be real."""
     import argparse
@@ -239,6 +310,7 @@ def main() -> None:
     result["spawned_bindings"] = spawned_bindings()
     result["verify"] = verify_cases()
     result["statistics"] = statistics()
+    result["plumbing"] = statistics_plumbing()
     result["parsed_flags"] = sglang_parses(json.loads(os.environ["BEBOP_PROBE_FLAGS"]))
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
 
