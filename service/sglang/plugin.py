@@ -19,17 +19,24 @@ KERNEL_TARGET = "sglang.kernels.ops.speculative.reject_sampling.chain_speculativ
 VERIFY_TARGET = "sglang.srt.speculative.eagle_utils.eagle_sample"
 STREAMER_TARGET = "sglang.srt.managers.scheduler.Scheduler.get_output_streamer_class"
 META_INFO_TARGET = "sglang.srt.managers.tokenizer_manager.TokenizerManager.update_request_meta_info"
+# Dense Qwen3 MTP drafts (qwen3_mtp.py).
+DRAFT_CONFIG_TARGET = "sglang.srt.configs.model_config.ModelConfig._config_draft_model"
+TARGET_LOAD_TARGET = "sglang.srt.models.qwen3.Qwen3ForCausalLM.load_weights"
+SAFETENSORS_FILTER_TARGET = "sglang.srt.model_loader.weight_utils.filter_duplicate_safetensors_files"
 
 
 def load() -> None:
     """Register Bebop's hooks with SGLang's HookRegistry (called by SGLang's plugin loader)."""
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
 
-    from . import stats
+    from . import qwen3_mtp, stats
     from .kernel import chain_speculative_sampling
 
     HookRegistry.register(KERNEL_TARGET, chain_speculative_sampling, HookType.REPLACE)
     HookRegistry.register(VERIFY_TARGET, stats.around_eagle_sample, HookType.AROUND)
     HookRegistry.register(STREAMER_TARGET, stats.after_get_output_streamer_class, HookType.AFTER)
     HookRegistry.register(META_INFO_TARGET, stats.after_update_request_meta_info, HookType.AFTER)
+    HookRegistry.register(DRAFT_CONFIG_TARGET, qwen3_mtp.after_config_draft_model, HookType.AFTER)
+    HookRegistry.register(TARGET_LOAD_TARGET, qwen3_mtp.around_target_load_weights, HookType.AROUND)
+    HookRegistry.register(SAFETENSORS_FILTER_TARGET, qwen3_mtp.after_filter_safetensors, HookType.AFTER)
     logger.info("bebop plugin: chain_speculative_sampling_triton -> Bebop's chain rejection sampler")

@@ -290,6 +290,70 @@ def statistics_plumbing() -> dict[str, object]:
     return out
 
 
+def mtp_plumbing(workdir: str) -> dict[str, object]:
+    """Dense Qwen3 MTP drafts with SGLang's real classes and functions, hooked by the plugin."""
+    import json as _json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    from sglang.srt.configs.model_config import ModelConfig
+    from sglang.srt.model_loader import loader
+    from sglang.srt.models.qwen3 import Qwen3ForCausalLM
+    from sglang.srt.models.registry import ModelRegistry
+    from torch import nn
+
+    from bebop.service.sglang import qwen3_mtp
+
+    out: dict[str, object] = {}
+    # The draft rule: SGLang's own _config_draft_model runs first, then the plugin's.
+    config = SimpleNamespace(architectures=["Qwen3ForCausalLM"], num_nextn_predict_layers=1)
+    fake = SimpleNamespace(
+        is_draft_model=True, speculative_algorithm="EAGLE", hf_config=config, hf_text_config=config
+    )
+    try:
+        ModelConfig._config_draft_model(fake)
+        out["draft_arch"] = config.architectures[0]
+    except Exception as err:  # SGLang's body needs more of a real ModelConfig
+        out["draft_arch_error"] = repr(err)
+        qwen3_mtp.after_config_draft_model(None, fake)
+        out["draft_arch"] = config.architectures[0]
+    resolved, arch = ModelRegistry.resolve_model_cls([qwen3_mtp.DRAFT_ARCH])
+    out["draft_class"] = [resolved.__name__, arch, issubclass(resolved, Qwen3ForCausalLM)]
+    target_only = SimpleNamespace(
+        is_draft_model=False,
+        speculative_algorithm="EAGLE",
+        hf_config=SimpleNamespace(architectures=["Qwen3ForCausalLM"], num_nextn_predict_layers=1),
+    )
+    qwen3_mtp.after_config_draft_model(None, target_only)
+    out["target_arch"] = target_only.hf_config.architectures[0]
+
+    # The target's load_weights (SGLang's own body) on a checkpoint that carries mtp.* names.
+    model = Qwen3ForCausalLM.__new__(Qwen3ForCausalLM)
+    nn.Module.__init__(model)
+    model.config = SimpleNamespace(tie_word_embeddings=False)
+    model.pp_group = SimpleNamespace(is_last_rank=True)
+    model.model = nn.Module()
+    model.model.norm = nn.Module()
+    model.model.norm.weight = nn.Parameter(torch.zeros(4))
+    norm = torch.arange(4.0)
+    model.load_weights(
+        [("model.norm.weight", norm), ("mtp.layers.0.self_attn.q_proj.weight", torch.ones(4, 4))]
+    )
+    out["target_norm_loaded"] = torch.equal(model.model.norm.weight.detach(), norm)
+
+    # mtp.safetensors beside a sharded checkpoint survives the index filter.
+    folder = Path(workdir) / "sharded"
+    folder.mkdir(exist_ok=True)
+    for shard in ("model-00001-of-00001.safetensors", "mtp.safetensors"):
+        save_file({"x": torch.zeros(1)}, str(folder / shard))
+    index = {"weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors"}}
+    (folder / "model.safetensors.index.json").write_text(_json.dumps(index))
+    files = sorted(str(p) for p in folder.glob("*.safetensors"))
+    kept = loader.filter_duplicate_safetensors_files(files, str(folder), "model.safetensors.index.json")
+    out["kept_files"] = sorted(Path(f).name for f in kept)
+    return out
+
+
 def sglang_parses(args: list[str]) -> dict[str, object]:
     """SGLang's own CLI parser on the flags ``bebop sglang-server`` checks: the names must be real."""
     import argparse
@@ -311,6 +375,7 @@ def main() -> None:
     result["verify"] = verify_cases()
     result["statistics"] = statistics()
     result["plumbing"] = statistics_plumbing()
+    result["mtp"] = mtp_plumbing(os.getcwd())
     result["parsed_flags"] = sglang_parses(json.loads(os.environ["BEBOP_PROBE_FLAGS"]))
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
 
