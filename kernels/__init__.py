@@ -4,7 +4,7 @@ Note: ``bebop.kernels.tv_loss`` is the function (the issue's contract); import t
 names with ``from bebop.kernels.tv_loss import ...``, which goes through ``sys.modules``.
 """
 
-from bebop.kernels.rejection import ChainSample, chain_rejection_sample, sample_from_probs
+from bebop.kernels.rejection import ChainSample, chain_rejection_sample, draw_from_probs, sample_from_probs
 from bebop.kernels.rng import SLOT_ACCEPT, SLOT_DRAFT, SLOT_SAMPLE
 from bebop.kernels.tv_loss import (
     ce_loss_reference,
@@ -23,6 +23,7 @@ __all__ = [
     "ChainSample",
     "ce_loss_reference",
     "chain_rejection_sample",
+    "draw_from_probs",
     "e2e_tv_loss",
     "e2e_tv_loss_reference",
     "kl_loss_reference",

@@ -174,6 +174,17 @@ def sample_from_probs(
     return _draw_index(weights, weights, seeds, positions, slot)
 
 
+def draw_from_probs(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """The draw of ``sample_from_probs`` given its uniforms: probs [B, V] float32, uniforms [B]
+    float64 from ``uniform_f64(seeds, positions, slot)``. Returns [B] int64, the same tokens.
+
+    For callers that batch their counter-RNG calls (the engine makes all of a step's uniforms in
+    one call); torch ops only, so it runs on any device. No input checks.
+    """
+    weights = _quantise(probs.float())
+    return _draw_index(weights, weights, None, None, SLOT_SAMPLE, u=uniforms)
+
+
 # ----------------------------------------------------------------------------- validation
 def _check_shapes(
     target_probs: torch.Tensor,

@@ -1,75 +1,78 @@
-"""A fixed pool of KV-cache slots: bounded memory, per-sequence lengths, rollback by truncation.
+"""A fixed pool of KV-cache slots: bounded memory, attention in place, rollback by truncation.
 
-Each running sequence owns one slot of ``max_len`` positions in every layer. A step gathers the
-slots of the batch into padded tensors, the model appends the new tokens' keys/values, and the
-new entries are scattered back; rejected draft tokens are dropped by not advancing the length.
+Each running sequence owns one slot of ``max_len`` entries in every layer. The pool keeps the
+running sequences in the *first* slots (0..active-1): when a sequence leaves, the last one moves
+into its place. So a batch of B running sequences is the pool's rows ``[:B]``, a view: a step
+writes its new entries in place and attends over the rows directly, with no gather, concatenation
+or scatter of past entries (``PoolCache``). Rejected draft entries are rolled back by not
+advancing the sequence's length; they are overwritten later and never read before that.
 
-Shapes: L = layers, S = slots, K = KV heads, M = max_len, D = head dim.
+Shapes: L = layers, S = slots, K = KV heads, M = entries per slot, D = head dim.
 """
 
 from __future__ import annotations
 
 import torch
 
-from bebop.service.model.decoder import LayerCache
+from bebop.service.model.decoder import PoolCache
 
 
 class SlotPool:
-    """k, v: [L, S, K, M, D]; lengths: [S] int64 (valid positions per slot)."""
+    """k, v: [L, S, K, M, D] on one device. Slots 0..active-1 are in use, the rest are free."""
 
     def __init__(
-        self, layers: int, slots: int, kv_heads: int, max_len: int, head_dim: int, dtype: torch.dtype
+        self,
+        layers: int,
+        slots: int,
+        kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device | str = "cpu",
     ):
         shape = (layers, slots, kv_heads, max_len, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype)
-        self.v = torch.zeros(shape, dtype=dtype)
-        self.lengths = torch.zeros(slots, dtype=torch.int64)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
-        self.free = list(range(slots - 1, -1, -1))
+        self.active = 0
 
     @property
     def capacity(self) -> int:
         return self.k.shape[1]
 
     def allocate(self) -> int | None:
-        """A free slot (length 0), or None when the pool is full."""
-        if not self.free:
+        """The next free slot (always ``active``), or None when the pool is full."""
+        if self.active >= self.capacity:
             return None
-        slot = self.free.pop()
-        self.lengths[slot] = 0
-        return slot
+        self.active += 1
+        return self.active - 1
 
-    def release(self, slot: int) -> None:
-        self.lengths[slot] = 0
-        self.free.append(slot)
+    def release(self, slot: int) -> int | None:
+        """Free ``slot``; the last slot in use moves into it. Returns the slot that moved (now at
+        ``slot``), or None when ``slot`` was the last one."""
+        if not 0 <= slot < self.active:
+            raise ValueError(f"slot {slot} is not in use (slots in use: {self.active})")
+        last = self.active - 1
+        self.active = last
+        if slot == last:
+            return None
+        self.k[:, slot] = self.k[:, last]
+        self.v[:, slot] = self.v[:, last]
+        return last
 
-    def gather(self, slots: torch.Tensor) -> tuple[list[LayerCache], int]:
-        """Padded caches of ``slots`` [B]: one LayerCache([B, K, P, D] x2) per layer, P = max length."""
-        P = int(self.lengths[slots].max()) if len(slots) else 0
+    def views(self, rows: slice, write_index: torch.Tensor, span: int) -> list[PoolCache]:
+        """One ``PoolCache`` per layer over the pool rows ``rows`` (B of them): new entries go to
+        ``write_index`` [B, T] of each row, attention reads entries [0, span)."""
+        if span > self.max_len:
+            raise RuntimeError(f"KV slot overflow: {span} entries needed, {self.max_len} per slot")
         return [
-            LayerCache(self.k[layer, slots, :, :P], self.v[layer, slots, :, :P])
+            PoolCache(self.k[layer, rows], self.v[layer, rows], write_index, span)
             for layer in range(self.k.shape[0])
-        ], P
-
-    def scatter(
-        self, slots: torch.Tensor, caches: list[LayerCache], P: int, T: int, keep: torch.Tensor
-    ) -> None:
-        """Write the T new entries of each row (after the P padded ones) at the row's own length,
-        then advance each slot's length by ``keep`` [B] (<= T): entries past it are rolled back."""
-        B = len(slots)
-        pos = self.lengths[slots][:, None] + torch.arange(T)[None]  # [B, T]
-        if bool((pos >= self.max_len).any()):
-            raise RuntimeError("KV slot overflow: admission control let a sequence outgrow its slot")
-        rows = slots[:, None].expand(B, T)
-        for layer, cache in enumerate(caches):
-            self.k[layer][rows, :, pos] = cache.k[:, :, P : P + T].permute(0, 2, 1, 3).to(self.k.dtype)
-            self.v[layer][rows, :, pos] = cache.v[:, :, P : P + T].permute(0, 2, 1, 3).to(self.v.dtype)
-        self.lengths[slots] += keep
+        ]
 
 
-def batch_mask(lengths: torch.Tensor, P: int, T: int) -> torch.Tensor:
-    """[B, 1, T, P + T] bool: new token t sees the row's own past (< length) and new tokens <= t."""
-    past = torch.arange(P)[None, None, :] < lengths[:, None, None]  # [B, 1, P]
-    causal = torch.ones(T, T, dtype=torch.bool).tril()[None]  # [1, T, T]
-    B = len(lengths)
-    return torch.cat([past.expand(B, T, P), causal.expand(B, T, T)], -1)[:, None]
+def prefix_mask(base: torch.Tensor, T: int, span: int) -> torch.Tensor:
+    """[B, 1, T, span] bool: the new token t of row b (written at entry base[b] + t) sees entries
+    0..base[b] + t: the row's own past and the new tokens up to itself."""
+    limit = base[:, None] + torch.arange(T, device=base.device)[None]  # [B, T]
+    return (torch.arange(span, device=base.device)[None, None] <= limit[:, :, None])[:, None]

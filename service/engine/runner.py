@@ -1,28 +1,38 @@
 """Model execution for the engine: prefill, plain decoding, and MTP draft + verify steps.
 
-State of a running sequence between steps: its committed tokens are in the target KV slot, the
-newest token x_t (position t) is *pending* (sampled but not yet run through the target), and
-``mtp_pairs`` lists the (hidden, next-token) pairs whose depth-1 MTP entries are not yet cached.
+State of a running sequence between steps, kept in per-slot tensors on the engine's device (the
+pool keeps running sequences in slots 0..B-1, so a batch is always the first B rows):
 
-One speculative step for a batch (G = draft steps):
+    position   t, the absolute position of the pending token; the target cache holds 0..t-1
+    pending    x_t, sampled but not yet run through the target
+    pend_*     the (hidden, next token) pairs whose depth-1 MTP entries are not cached yet: after
+               prefill one pair, after a speculative step the a + 1 pairs of the verified tokens
+               (at most G + 1); the MTP cache holds the pairs of positions 1..t - n_pend
+
+One speculative step for a batch (G = draft steps; shapes in the method docstrings):
   draft   depth 1 runs the pending pairs through the MTP layer (committing their entries) and
-          drafts d_1 from the last one; depths 2..G each draft one token over temporary entries;
+          drafts d_1; depths 2..G each draft one token over temporary entries;
   verify  the target runs [x_t, d_1..d_G] at positions t..t+G in one forward;
-  accept  ``chain_rejection_sample`` with the per-request laws; the target slot keeps x_t and the
+  accept  ``chain_rejection_sample`` with the per-request laws; the target keeps x_t and the
           accepted drafts; the emitted residual/bonus token becomes the new pending token.
+Every step is batched: no Python loop over rows, all of a step's draft uniforms in one
+counter-RNG call, attention over the slot pool in place (``PoolCache``).
+
 Randomness is keyed by (seed, absolute position, slot), so a sequence's tokens do not depend on
-the rest of the batch.
+the rest of the batch. On CUDA the Triton kernels draw (``sample_from_probs``,
+``chain_rejection_sample``); on CPU their torch twins, which give the same tokens.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from bebop.kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, sample_from_probs
-from bebop.service.engine.kv_pool import SlotPool, batch_mask
-from bebop.service.engine.sampling import SamplingParams, target_probs
+from bebop.kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, draw_from_probs, sample_from_probs
+from bebop.kernels.rng import uniform_f64
+from bebop.service.engine.kv_pool import SlotPool, prefix_mask
+from bebop.service.engine.sampling import GREEDY_TEMPERATURE, SamplingParams, target_probs
 from bebop.service.model import Qwen3Model
 
 SPEC_MODES = ("none", "target_only", "rejection")
@@ -30,14 +40,12 @@ SPEC_MODES = ("none", "target_only", "rejection")
 
 @dataclass
 class SeqState:
-    """What the runner keeps per running sequence."""
+    """The host side of a running sequence; the runner moves ``slot`` when the pool compacts."""
 
     slot: int
     params: SamplingParams
     seed: int
-    pending: int  # token x_t, not yet in the target cache
-    position: int  # t, the absolute position of ``pending``
-    mtp_pairs: list[tuple[torch.Tensor, int]] = field(default_factory=list)  # ([C] hidden, token)
+    position: int  # t, the absolute position of the pending token
 
 
 @dataclass
@@ -51,43 +59,91 @@ class StepOutput:
     drafts_accepted: int = 0
 
 
+def default_device() -> torch.device:
+    """CUDA when a GPU is visible, else CPU (``bebop engine --device``'s default)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class ModelRunner:
-    """Owns the model and its KV slot pools; every method runs between scheduler steps."""
+    """Owns the model, its KV slot pools and the per-slot state; every method runs between steps."""
 
     def __init__(
-        self, model: Qwen3Model, max_running: int, max_len: int, spec: str = "rejection", draft_steps: int = 3
+        self,
+        model: Qwen3Model,
+        max_running: int,
+        max_len: int,
+        spec: str = "rejection",
+        draft_steps: int = 3,
+        device: torch.device | str | None = None,
     ):
         if spec not in SPEC_MODES:
             raise ValueError(f"spec must be one of {SPEC_MODES}, got {spec!r}")
         if spec != "none" and model.mtp is None:
             raise ValueError("speculative decoding needs a model with an MTP head (mtp.* weights)")
-        self.model = model.eval()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device).eval()
         self.spec = spec
-        self.G = draft_steps if spec != "none" else 0
+        self.G = G = draft_steps if spec != "none" else 0
         cfg = model.config
         self.max_len = max_len
-        slack = self.G + 2  # verify and padded MTP entries may write past a sequence's final length
+        # A step writes up to G + 1 target entries past t, and the MTP G + 1 pending pairs plus
+        # G - 1 temporary draft entries past t - n_pend: 2G + 2 entries of slack cover both.
+        entries = max_len + 2 * G + 2
         dtype = next(model.parameters()).dtype
-        self.kv = SlotPool(
-            cfg.num_hidden_layers, max_running, cfg.num_key_value_heads, max_len + slack, cfg.head_dim, dtype
-        )
-        self.mtp_kv = SlotPool(
-            max(1, cfg.num_mtp_layers),
-            max_running,
-            cfg.num_key_value_heads,
-            max_len + slack,
-            cfg.head_dim,
-            dtype,
-        )
+        dev = self.device
+        S, C = max_running, cfg.hidden_size
+        K, D = cfg.num_key_value_heads, cfg.head_dim
+        self.kv = SlotPool(cfg.num_hidden_layers, S, K, entries, D, dtype, dev)
+        self.mtp_kv = SlotPool(max(1, cfg.num_mtp_layers), S, K, entries, D, dtype, dev)
         self.vocab_size = cfg.vocab_size
+        # per-slot state, [S, ...]; rows move with their sequence when the pool compacts
+        self.seed = torch.zeros(S, dtype=torch.int64, device=dev)
+        self.position = torch.zeros(S, dtype=torch.int64, device=dev)
+        self.pending = torch.zeros(S, dtype=torch.int64, device=dev)
+        self.temperature = torch.ones(S, device=dev)
+        self.top_k = torch.full((S,), -1, dtype=torch.int64, device=dev)
+        self.top_p = torch.ones(S, device=dev)
+        self.pend_hidden = torch.zeros(S, G + 1, C, dtype=dtype, device=dev)
+        self.pend_tokens = torch.zeros(S, G + 1, dtype=torch.int64, device=dev)
+        self.n_pend = torch.ones(S, dtype=torch.int64, device=dev)
+        self._slot_tensors = [
+            self.seed, self.position, self.pending, self.temperature, self.top_k, self.top_p,
+            self.pend_hidden, self.pend_tokens, self.n_pend,
+        ]  # fmt: skip
+        self._filtered = [False] * S  # host flags: the slot's request uses top-k or top-p
+        self._greedy = [False] * S
+        self._owner: list[SeqState | None] = [None] * S
+        self._arange = torch.arange(max(entries, S), device=dev)
+        self._no_rows = torch.zeros(0, dtype=torch.int64, device=dev)
+        self._on_cuda = dev.type == "cuda"
 
     # ------------------------------------------------------------------ admission
     def free_slots(self) -> int:
-        return len(self.kv.free)
+        return self.kv.capacity - self.kv.active
+
+    @property
+    def running(self) -> int:
+        return self.kv.active
 
     def release(self, state: SeqState) -> None:
-        self.kv.release(state.slot)
-        self.mtp_kv.release(state.slot)
+        """Free the sequence's slot; the last running sequence moves into it (its state's ``slot``
+        is updated), so the batch stays the first rows of the pool."""
+        slot = state.slot
+        if self._owner[slot] is not state:
+            raise ValueError(f"sequence at slot {slot} is not running here (released twice?)")
+        moved = self.kv.release(slot)
+        self.mtp_kv.release(slot)
+        if moved is not None:
+            for t in self._slot_tensors:
+                t[slot] = t[moved]
+            self._filtered[slot], self._greedy[slot] = self._filtered[moved], self._greedy[moved]
+            owner = self._owner[moved]
+            assert owner is not None
+            owner.slot = slot
+            self._owner[slot] = owner
+        else:
+            self._owner[slot] = None
+        self._owner[self.kv.active] = None
 
     @torch.no_grad()
     def prefill(
@@ -98,166 +154,217 @@ class ModelRunner:
         ``resume_token`` re-admits a retracted sequence: ``prompt`` is everything before its
         pending token, which is kept instead of sampled, so the continuation draws the same
         counter-RNG numbers at the same positions as if it had never left the batch.
+        The prompt's depth-1 MTP entries are computed here, so a step never carries more than
+        G + 1 pending pairs per row, whatever was admitted beside it.
         """
-        slot = self.kv.allocate()
-        mtp_slot = self.mtp_kv.allocate()
-        assert slot is not None and mtp_slot == slot, "slot pools out of step"
-        ids = torch.tensor([prompt])
-        slots = torch.tensor([slot])
-        out = self._target_forward(slots, ids, torch.tensor([len(prompt)]))
-        probs = self._laws(out.logits[:, -1:], [params])  # [1, 1, V]
         n = len(prompt)
-        token = resume_token
-        if token is None:
-            first = sample_from_probs(probs[:, 0], torch.tensor([seed]), torch.tensor([n]), validate=False)
-            token = int(first)
-        state = SeqState(slot=slot, params=params, seed=seed, pending=token, position=n)
-        if self.G:
-            # depth-1 MTP entries: (h_j, x_{j+1}) for the prompt, and (h_{n-1}, x_n) with the new token
-            state.mtp_pairs = [(out.hidden[0, j], prompt[j + 1]) for j in range(n - 1)] + [
-                (out.hidden[0, n - 1], token)
-            ]
+        if not 1 <= n < self.max_len:
+            raise ValueError(f"prompt length {n} must be in [1, {self.max_len})")
+        slot = self.kv.allocate()
+        if slot is None:
+            raise RuntimeError("no free KV slot: admission must check free_slots() first")
+        mtp_slot = self.mtp_kv.allocate()
+        assert mtp_slot == slot, "slot pools out of step"
+        state = SeqState(slot=slot, params=params, seed=seed, position=n)
+        self._owner[slot] = state
+        try:
+            token, probs = self._prefill(slot, prompt, params, seed, resume_token)
+        except BaseException:
+            self.release(state)
+            raise
         if resume_token is not None:
             return state, StepOutput(tokens=[], logprobs=[], entropies=[])
-        return state, _emitted([token], probs[0, :1])
+        logprob = probs[:, token].log()[:, None]  # [1, 1]
+        return state, _outputs(torch.tensor([[token]]), logprob, _entropy(probs)[:, None], 0)[0]
+
+    def _prefill(
+        self, slot: int, prompt: list[int], params: SamplingParams, seed: int, resume_token: int | None
+    ) -> tuple[int, torch.Tensor]:
+        n, dev, rows = len(prompt), self.device, slice(slot, slot + 1)
+        greedy = params.temperature < GREEDY_TEMPERATURE
+        self.seed[slot], self.temperature[slot] = seed, params.temperature
+        self.top_k[slot], self.top_p[slot] = params.top_k, params.top_p
+        self._greedy[slot] = greedy
+        self._filtered[slot] = 0 < params.top_k < self.vocab_size or params.top_p < 1
+        ids = torch.tensor([prompt], device=dev)
+        index = self._arange[:n][None]  # [1, n]: positions, and the entries they are written to
+        causal = prefix_mask(self._arange[:1], n, n)
+        out = self.model(ids, index, causal, self.kv.views(rows, index, n))
+        probs = self._laws(out.logits[:, -1:], rows)[:, 0]  # [1, V]
+        if resume_token is None:
+            token = int(self._sample(probs, self.seed[rows], torch.tensor([n], device=dev), SLOT_SAMPLE)[0])
+        else:
+            token = resume_token
+        self.position[slot], self.pending[slot] = n, token
+        if self.G:
+            model = self.model
+            if n > 1:  # depth-1 entries of the pairs (h_j, x_{j+1}) at positions 1..n-1
+                model.mtp(
+                    model.embed(ids[:, 1:]),
+                    out.hidden[:, :-1],
+                    model.rope(index[:, 1:]),
+                    model.lm_head,
+                    prefix_mask(self._arange[:1], n - 1, n - 1),
+                    self.mtp_kv.views(rows, index[:, : n - 1], n - 1),
+                )
+            self.pend_hidden[slot, 0] = out.hidden[0, -1]
+            self.pend_tokens[slot, 0] = token
+            self.n_pend[slot] = 1
+        return token, probs
 
     # ------------------------------------------------------------------ steps
     @torch.no_grad()
     def step(self, states: list[SeqState]) -> list[StepOutput]:
-        """One decoding step for every running sequence (plain or speculative)."""
+        """One decoding step for every running sequence (plain or speculative), in ``states`` order."""
         if not states:
             return []
-        return self._spec_step(states) if self.G else self._plain_step(states)
-
-    def _plain_step(self, states: list[SeqState]) -> list[StepOutput]:
-        slots = torch.tensor([s.slot for s in states])
-        ids = torch.tensor([[s.pending] for s in states])
-        out = self._target_forward(slots, ids, torch.ones(len(states), dtype=torch.int64))
-        probs = self._laws(out.logits, [s.params for s in states])[:, 0]  # [B, V]
-        seeds = torch.tensor([s.seed for s in states])
-        positions = torch.tensor([s.position + 1 for s in states])
-        tokens = sample_from_probs(probs, seeds, positions, slot=SLOT_SAMPLE, validate=False)
-        outputs = []
-        for b, s in enumerate(states):
-            s.pending, s.position = int(tokens[b]), s.position + 1
-            outputs.append(_emitted([s.pending], probs[b : b + 1]))
-        return outputs
-
-    def _spec_step(self, states: list[SeqState]) -> list[StepOutput]:
-        G = self.G
-        params = [s.params for s in states]
-        seeds = torch.tensor([s.seed for s in states])
-        start = torch.tensor([s.position for s in states])  # t
-        drafts, draft_laws = self._draft(states, params, seeds, start)  # [B, G], [B, G, V]
-
-        slots = torch.tensor([s.slot for s in states])
-        ids = torch.cat([torch.tensor([[s.pending] for s in states]), drafts], 1)  # [B, G+1]
-        out = self._target_forward(slots, ids, keep=None)
-        probs = self._laws(out.logits, params)  # [B, G+1, V]
-        verdict = chain_rejection_sample(
-            probs,
-            draft_laws if self.spec == "rejection" else None,
-            drafts,
-            seeds,
-            start + 1,
-            validate=False,
-        )
-        accepted = verdict.num_accepted
-        self.kv.lengths[slots] += accepted + 1  # x_t and the accepted drafts; the rest is rolled back
-        outputs = []
-        for b, s in enumerate(states):
-            a = int(accepted[b])
-            emitted = verdict.tokens[b, : a + 1].tolist()
-            # pending pairs for the next draft: (h at t..t+a, the token after each)
-            s.mtp_pairs = [(out.hidden[b, j], emitted[j]) for j in range(a + 1)]
-            s.pending, s.position = emitted[-1], s.position + a + 1
-            step = _emitted(emitted, probs[b, : a + 1], verdict.entropy[b, : a + 1])
-            step.drafts_proposed, step.drafts_accepted = G, a
-            outputs.append(step)
-        return outputs
-
-    def _draft(self, states, params, seeds, start) -> tuple[torch.Tensor, torch.Tensor]:
-        """G draft tokens per sequence and the laws they were drawn from: [B, G], [B, G, V]."""
-        B, G = len(states), self.G
-        model = self.model
-        slots = torch.tensor([s.slot for s in states])
-        # depth 1 over each row's pending pairs (left-aligned, padded to the longest)
-        n_new = torch.tensor([len(s.mtp_pairs) for s in states])
-        T = int(n_new.max())
-        C = model.config.hidden_size
-        hidden = torch.zeros(B, T, C, dtype=next(model.parameters()).dtype)
-        tokens = torch.zeros(B, T, dtype=torch.int64)
-        for b, s in enumerate(states):
-            for j, (h, tok) in enumerate(s.mtp_pairs):
-                hidden[b, j], tokens[b, j] = h, tok
-        past, P = self.mtp_kv.gather(slots)
-        lengths = self.mtp_kv.lengths[slots].clone()
-        first_pos = start - n_new + 1  # pair j sits at position (t - n + 1) + j
-        positions = first_pos[:, None] + torch.arange(T)[None]
-        mask = batch_mask(lengths, P, T)
-        out = model.mtp(model.embed(tokens), hidden, model.rope(positions), model.lm_head, mask, past)
-        self.mtp_kv.scatter(slots, out.cache, P, T, keep=n_new)
+        B = self.kv.active
+        if len(states) != B or sorted(s.slot for s in states) != list(range(B)):
+            raise ValueError(f"step() takes every running sequence ({B}), got {len(states)}")
+        tokens, logprobs, entropy, accepted = self._spec_step(B) if self.G else self._plain_step(B)
+        outputs = _outputs(tokens, logprobs, entropy, self.G, accepted)
         for s in states:
-            s.mtp_pairs = []
-        last = n_new - 1
-        logits = out.logits[torch.arange(B), last]  # [B, V]
-        h = out.hidden[torch.arange(B), last][:, None]  # [B, 1, C]
-        cache = out.cache
-        # later depths attend to the committed entries and this chain's temporary ones
-        valid = torch.cat(
-            [torch.arange(P)[None] < lengths[:, None], torch.arange(T)[None] < n_new[:, None]], 1
+            s.position += len(outputs[s.slot].tokens)
+        return [outputs[s.slot] for s in states]
+
+    def _plain_step(self, B: int):
+        """Decode one token for rows 0..B-1: ([B, 1] tokens, [B, 1] log-probs, [B, 1] entropy, None)."""
+        rows = slice(0, B)
+        t = self.position[:B].clone()  # [B]
+        span = int(t.max()) + 1
+        out = self.model(
+            self.pending[:B, None], t[:, None], prefix_mask(t, 1, span), self.kv.views(rows, t[:, None], span)
         )
+        probs = self._laws(out.logits, rows)  # [B, 1, V]
+        token = self._sample(probs[:, 0], self.seed[:B], t + 1, SLOT_SAMPLE)
+        self.position[:B] = t + 1
+        self.pending[:B] = token
+        return token[:, None], probs.gather(2, token[:, None, None])[..., 0].log(), _entropy(probs), None
+
+    def _spec_step(self, B: int):
+        """Draft G tokens per row, verify them in one target forward, accept by chain rejection
+        sampling: ([B, G+1] tokens (-1 after the emitted ones), [B, G+1] log-probs, [B, G+1]
+        target entropy, [B] accepted drafts)."""
+        G, rows = self.G, slice(0, B)
+        t = self.position[:B].clone()  # [B]
+        seeds = self.seed[:B]
+        span = int(t.max()) + 2 * G  # see the slack in __init__
+        drafts, draft_laws = self._draft(B, t, seeds, span)  # [B, G], [B, G, V]
+
+        index = t[:, None] + self._arange[: G + 1]  # [B, G+1]: positions and target entries
+        ids = torch.cat([self.pending[:B, None], drafts], 1)
+        out = self.model(ids, index, prefix_mask(t, G + 1, span), self.kv.views(rows, index, span))
+        probs = self._laws(out.logits, rows)  # [B, G+1, V]
+        verdict = chain_rejection_sample(
+            probs, draft_laws if self.spec == "rejection" else None, drafts, seeds, t + 1, validate=False
+        )
+        accepted = verdict.num_accepted  # [B]
+        tokens = verdict.tokens  # [B, G+1]
+        emitted = tokens.clamp(min=0)
+        self.position[:B] = t + accepted + 1
+        self.pending[:B] = emitted.gather(1, accepted[:, None])[:, 0]
+        self.pend_hidden[:B] = out.hidden  # h at t..t+G; the first a + 1 pair with the emitted tokens
+        self.pend_tokens[:B] = emitted
+        self.n_pend[:B] = accepted + 1
+        logprobs = probs.gather(2, emitted[:, :, None])[..., 0].log()
+        return tokens, logprobs, verdict.entropy, accepted
+
+    def _draft(self, B: int, t: torch.Tensor, seeds: torch.Tensor, span: int):
+        """G draft tokens per row and the laws they were drawn from: [B, G] int64, [B, G, V].
+
+        Depth 1 runs the G + 1 pending-pair places of every row (rows with fewer pairs compute
+        padding that is never committed nor read) and commits each row's own n_pend entries;
+        depth k > 1 appends one temporary entry (for d_{k-1} at position t + k - 1).
+        """
+        G, rows, model = self.G, slice(0, B), self.model
+        n = self.n_pend[:B]
+        every = self._arange[:B]
+        positions = (t - n + 1)[:, None] + self._arange[: G + 1]  # [B, G+1]; MTP entry = position - 1
+        base = t - n  # MTP entries committed so far
+        out = model.mtp(
+            model.embed(self.pend_tokens[:B]),
+            self.pend_hidden[:B],
+            model.rope(positions),
+            model.lm_head,
+            prefix_mask(base, G + 1, span),
+            self.mtp_kv.views(rows, positions - 1, span),
+        )
+        logits = out.logits[every, n - 1]  # [B, V]: the law of d_1
+        hidden = out.hidden[every, n - 1][:, None]  # [B, 1, C]
+        if self.spec == "rejection" and not self._on_cuda:  # all G draft uniforms in one call
+            uniforms = uniform_f64(seeds[:, None], t[:, None] + self._arange[1 : G + 1], SLOT_DRAFT)
         drafts, laws = [], []
         for k in range(1, G + 1):
-            law = self._laws(logits[:, None], params)[:, 0]  # [B, V]
-            pos = start + k  # the draft is the token at t + k
-            if self.spec == "rejection":
-                d = sample_from_probs(law, seeds, pos, slot=SLOT_DRAFT, validate=False)
+            law = self._laws(logits[:, None], rows)[:, 0]  # [B, V]
+            if self.spec != "rejection":
+                draft = law.argmax(-1)
+            elif self._on_cuda:
+                draft = sample_from_probs(law, seeds, t + k, slot=SLOT_DRAFT, validate=False)
             else:
-                d = law.argmax(-1)
-            drafts.append(d)
+                draft = draw_from_probs(law, uniforms[:, k - 1])
+            drafts.append(draft)
             laws.append(law)
             if k == G:
                 break
-            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool)], 1)
+            entry = (t + k - 1)[:, None]  # [B, 1]: d_k sits at position t + k
             step = model.mtp(
-                model.embed(d[:, None]),
-                h,
-                model.rope(pos[:, None]),
+                model.embed(draft[:, None]),
+                hidden,
+                model.rope(entry + 1),
                 model.lm_head,
-                valid[:, None, None],
-                cache,
+                prefix_mask(entry[:, 0], 1, span),
+                self.mtp_kv.views(rows, entry, span),
             )
-            logits, h, cache = step.logits[:, 0], step.hidden, step.cache
+            logits, hidden = step.logits[:, 0], step.hidden
         return torch.stack(drafts, 1), torch.stack(laws, 1)
 
-    # ------------------------------------------------------------------ helpers
-    def _target_forward(self, slots: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor | None):
-        """Target forward of ids [B, T] after each slot's cached tokens; writes the new KV entries and
-        advances lengths by ``keep`` [B] (None: advance nothing, the caller decides)."""
-        B, T = ids.shape
-        past, P = self.kv.gather(slots)
-        lengths = self.kv.lengths[slots]
-        positions = lengths[:, None] + torch.arange(T)[None]
-        out = self.model(ids, positions, batch_mask(lengths, P, T), past)
-        self.kv.scatter(
-            slots, out.cache, P, T, keep if keep is not None else torch.zeros(B, dtype=torch.int64)
-        )
-        return out
+    # ------------------------------------------------------------------ laws and draws
+    def _laws(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
+        """[R, T, V] logits of the slots in ``rows`` -> their requests' laws, same shape."""
+        R, T, V = logits.shape
+        temperature, top_k, top_p = self.temperature[rows], self.top_k[rows], self.top_p[rows]
+        if T > 1:
+            temperature = temperature.repeat_interleave(T)
+            top_k, top_p = top_k.repeat_interleave(T), top_p.repeat_interleave(T)
+        filter_rows = self._no_rows
+        if any(self._filtered[rows]):  # only then build the index of the rows to sort
+            first = rows.start or 0
+            flagged = [r - first for r in range(first, rows.stop) if self._filtered[r]]
+            filter_rows = torch.tensor([r * T + j for r in flagged for j in range(T)], device=self.device)
+        any_greedy = any(self._greedy[rows])
+        flat = logits.reshape(R * T, V).float()
+        return target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy).view(R, T, V)
 
-    def _laws(self, logits: torch.Tensor, params: list[SamplingParams]) -> torch.Tensor:
-        """[B, T, V] logits -> the per-request target laws, same shape."""
-        B, T, V = logits.shape
-        temp = torch.tensor([p.temperature for p in params]).repeat_interleave(T)
-        top_k = torch.tensor([p.top_k for p in params]).repeat_interleave(T)
-        top_p = torch.tensor([p.top_p for p in params]).repeat_interleave(T)
-        return target_probs(logits.reshape(B * T, V).float(), temp, top_k, top_p).view(B, T, V)
+    def _sample(
+        self, probs: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, slot: int
+    ) -> torch.Tensor:
+        """One token per row of probs [B, V] at (seed, position, slot): [B] int64."""
+        if self._on_cuda:
+            return sample_from_probs(probs, seeds, positions, slot=slot, validate=False)
+        return draw_from_probs(probs, uniform_f64(seeds, positions, slot))
 
 
-def _emitted(tokens: list[int], probs: torch.Tensor, entropy: torch.Tensor | None = None) -> StepOutput:
-    """Log-probs (of the law each token was sampled from) and entropies for tokens [n], probs [n, V]."""
-    idx = torch.tensor(tokens)
-    chosen = probs[torch.arange(len(tokens)), idx]
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy in nats over the last dimension."""
+    return -torch.special.xlogy(probs, probs).sum(-1)
+
+
+def _outputs(
+    tokens: torch.Tensor,
+    logprobs: torch.Tensor,
+    entropy: torch.Tensor | None,
+    G: int,
+    accepted: torch.Tensor | None = None,
+) -> list[StepOutput]:
+    """Per-row outputs from [B, T] tokens, log-probs and entropies (the first accepted + 1 of each
+    row when ``accepted`` [B] is given, else all T); one host transfer per tensor."""
     if entropy is None:
-        entropy = -torch.special.xlogy(probs, probs).sum(-1)
-    return StepOutput(tokens=tokens, logprobs=chosen.log().tolist(), entropies=entropy.tolist())
+        entropy = torch.full(tokens.shape, float("nan"))
+    tok, lp, ent = tokens.tolist(), logprobs.tolist(), entropy.tolist()
+    if accepted is None:
+        return [StepOutput(tok[b], lp[b], ent[b]) for b in range(len(tok))]
+    acc = accepted.tolist()
+    return [
+        StepOutput(tok[b][: a + 1], lp[b][: a + 1], ent[b][: a + 1], drafts_proposed=G, drafts_accepted=a)
+        for b, a in enumerate(acc)
+    ]

@@ -111,30 +111,57 @@ class SamplingParams:
             raise BadRequest("sampling_seed must fit in 64 bits")
 
 
+# Temperatures below this are greedy, as in SGLang: dividing logits by a tiny positive temperature
+# overflows float32 to inf, and softmax over infs is NaN.
+GREEDY_TEMPERATURE = 1e-5
+
+
 def target_probs(
-    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    filter_rows: torch.Tensor | None = None,
+    any_greedy: bool | None = None,
 ) -> torch.Tensor:
     """Laws to sample from, one per row: temperature, then top-k, then top-p (SGLang's order).
 
-    logits [N, V] float32; temperature [N] (0 = greedy: one-hot argmax); top_k [N] int (<= 0 off);
-    top_p [N] in (0, 1]. Returns [N, V] float32 rows summing to 1.
+    logits [N, V] float32; temperature [N] (below ``GREEDY_TEMPERATURE``: greedy, a one-hot
+    argmax); top_k [N] int (<= 0 or >= V: off); top_p [N] in (0, 1] (1: off).
+    filter_rows: [F] int64 indices of the rows that use top-k or top-p, when the caller knows them
+    (the others skip the sort); None finds them here.
+    any_greedy: whether any row is greedy, when the caller knows (False skips the argmax).
+    Returns [N, V] float32 rows summing to 1.
+
+    A row's law depends on that row alone. Filtering only decides which tokens to drop (in sorted
+    order) and the law is always the softmax of the row's own scaled logits in vocabulary order, so
+    a row without top-k/top-p gets bit-identical probabilities whatever else is in the batch, and
+    top_p = 1 never drops a token (a float32 cumsum can reach 1.0 before the tail).
     """
     V = logits.shape[1]
-    greedy = temperature <= 0
+    greedy = temperature < GREEDY_TEMPERATURE
     scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
-    if bool(((top_k > 0) & (top_k < V)).any()) or bool((top_p < 1).any()):
-        sorted_logits, order = scaled.sort(-1, descending=True)
-        rank = torch.arange(V, device=logits.device)[None]
-        k = torch.where(top_k > 0, top_k, V)[:, None]
-        drop = rank >= k
-        probs_sorted = torch.softmax(sorted_logits.masked_fill(drop, float("-inf")), -1)
-        # keep the smallest prefix whose mass reaches top_p (always the first token)
-        before = probs_sorted.cumsum(-1) - probs_sorted
-        drop |= before >= top_p[:, None]
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        scaled = torch.full_like(scaled, float("-inf")).scatter(1, order, sorted_logits)
+    if filter_rows is None:
+        filter_rows = (((top_k > 0) & (top_k < V)) | (top_p < 1)).nonzero().flatten()
+    if len(filter_rows):
+        rows = scaled[filter_rows]  # [F, V]
+        drop = _filtered_out(rows, top_k[filter_rows], top_p[filter_rows])
+        scaled = scaled.index_put((filter_rows,), rows.masked_fill(drop, float("-inf")))
     probs = torch.softmax(scaled, -1)
-    if bool(greedy.any()):
-        one_hot = torch.nn.functional.one_hot(logits.argmax(-1), V).float()
-        probs = torch.where(greedy[:, None], one_hot, probs)
-    return probs
+    if any_greedy is False:
+        return probs
+    one_hot = torch.nn.functional.one_hot(logits.argmax(-1), V).to(probs.dtype)
+    return torch.where(greedy[:, None], one_hot, probs)
+
+
+def _filtered_out(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[F, V] bool: tokens that top-k, then top-p (on the top-k law), drop; in vocabulary order."""
+    V = scaled.shape[1]
+    sorted_logits, order = scaled.sort(-1, descending=True)
+    rank = torch.arange(V, device=scaled.device)[None]
+    drop_sorted = rank >= torch.where((top_k > 0) & (top_k < V), top_k, V)[:, None]
+    probs_sorted = torch.softmax(sorted_logits.masked_fill(drop_sorted, float("-inf")), -1)
+    # keep the smallest prefix whose mass reaches top_p (always the first token)
+    before = probs_sorted.cumsum(-1) - probs_sorted
+    drop_sorted |= (before >= top_p[:, None]) & (top_p[:, None] < 1)
+    return torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)

@@ -50,22 +50,30 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # One fused op (the same float32 maths as Hugging Face's Qwen3RMSNorm): the engine runs
         # tiny batches on CPU, where the count of ops, not their size, sets the step time.
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables for integer ``positions`` [B, T] -> two [B, 1, T, D] float32 tensors."""
+    """cos and *signed* sin tables for integer ``positions`` [B, T] -> two [B, 1, T, D] float32 tensors.
+
+    The sin table carries the rotate-half sign (``-sin`` on the first half), so ``apply_rope`` is
+    ``x * cos + roll(x, D/2) * sin``: the same products and sums as Hugging Face's
+    ``x * cos + rotate_half(x) * sin`` (bit for bit), in four ops instead of nine.
+    """
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim))
     angles = positions.float()[..., None] * inv_freq  # [B, T, D/2]
-    angles = torch.cat([angles, angles], -1)  # [B, T, D]
-    return angles.cos()[:, None], angles.sin()[:, None]
+    sin = angles.sin()
+    return torch.cat([angles, angles], -1).cos()[:, None], torch.cat([-sin, sin], -1)[:, None]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` [B, H, T, D] by the position angles (rotate-half layout, as in Qwen/Llama)."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], -1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    """Rotate ``x`` [B, H, T, D] by the position angles (rotate-half layout, as in Qwen/Llama);
+    ``sin`` is the signed table of ``rope_cos_sin``."""
+    if x.dtype != torch.float32:
+        return apply_rope(x.float(), cos, sin).to(x.dtype)
+    return x * cos + x.roll(x.shape[-1] // 2, -1) * sin
 
 
 @dataclass
@@ -74,6 +82,30 @@ class LayerCache:
 
     k: torch.Tensor
     v: torch.Tensor
+
+
+@dataclass
+class PoolCache:
+    """One layer's keys and values kept in place in a preallocated pool (the serving engine's).
+
+    ``k``, ``v`` [B, K, M, D] are views of the batch's rows of the pool. The T new tokens' entries
+    are written at ``write_index`` [B, T] of their row, then attention reads the first ``span``
+    entries of every row under the caller's mask: nothing is gathered, concatenated or scattered,
+    and entries past a row's length are never read (rollback is not advancing the length).
+    """
+
+    k: torch.Tensor
+    v: torch.Tensor
+    write_index: torch.Tensor
+    span: int
+
+    def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k_new, v_new [B, K, T, D]; return the keys and values to attend over, [B, K, span, D]."""
+        B, T = self.write_index.shape
+        rows = torch.arange(B, device=self.k.device)[:, None].expand(B, T)
+        self.k[rows, :, self.write_index] = k_new.transpose(1, 2).to(self.k.dtype)
+        self.v[rows, :, self.write_index] = v_new.transpose(1, 2).to(self.v.dtype)
+        return self.k[:, :, : self.span], self.v[:, :, : self.span]
 
 
 class Attention(nn.Module):
@@ -94,11 +126,13 @@ class Attention(nn.Module):
         x: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
         mask: torch.Tensor | None,
-        past: LayerCache | None = None,
-    ) -> tuple[torch.Tensor, LayerCache]:
-        """x [B, T, C]; mask [B, 1, T, P + T] bool (True = may attend) or None for causal.
+        past: LayerCache | PoolCache | None = None,
+    ) -> tuple[torch.Tensor, LayerCache | PoolCache]:
+        """x [B, T, C]; mask [B, 1, T, P + T] bool (True = may attend) or None for causal; with a
+        ``PoolCache`` the mask is [B, 1, T, span] over the pool's entries.
 
-        Returns the output [B, T, C] and this layer's keys/values for all P + T tokens.
+        Returns the output [B, T, C] and this layer's keys/values for all P + T tokens (the pool
+        itself for a ``PoolCache``).
         """
         B, T, _ = x.shape
         q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
@@ -106,9 +140,13 @@ class Attention(nn.Module):
         v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if past is not None:
-            k, v = torch.cat([past.k, k], 2), torch.cat([past.v, v], 2)  # [B, K, P + T, D]
-        cache = LayerCache(k, v)
+        if isinstance(past, PoolCache):
+            k, v = past.append(k, v)  # [B, K, span, D]
+            cache: LayerCache | PoolCache = past
+        else:
+            if past is not None:
+                k, v = torch.cat([past.k, k], 2), torch.cat([past.v, v], 2)  # [B, K, P + T, D]
+            cache = LayerCache(k, v)
         causal = mask is None and past is None  # keys are grouped: each serves n_head / n_kv queries
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=True)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1)), cache
@@ -158,7 +196,7 @@ class Backbone(nn.Module):
 class DecoderOutput:
     logits: torch.Tensor  # [B, T, V] float32
     hidden: torch.Tensor  # [B, T, C] last layer's output before the final norm (the MTP input)
-    cache: list[LayerCache]  # one per layer, covering P + T tokens
+    cache: list[LayerCache | PoolCache]  # one per layer, covering P + T tokens (or the pool)
 
 
 class Qwen3Model(nn.Module):
@@ -192,7 +230,7 @@ class Qwen3Model(nn.Module):
         input_ids: torch.Tensor,
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        past: list[LayerCache] | None = None,
+        past: list[LayerCache] | list[PoolCache] | None = None,
     ) -> DecoderOutput:
         """input_ids [B, T]; positions [B, T] (default 0..T-1); mask [B, 1, T, P + T] bool or None
         (causal over the T new tokens, allowed only without ``past``)."""

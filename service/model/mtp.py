@@ -19,14 +19,14 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from bebop.service.model.decoder import DecoderLayer, LayerCache, ModelConfig, RMSNorm
+from bebop.service.model.decoder import DecoderLayer, LayerCache, ModelConfig, PoolCache, RMSNorm
 
 
 @dataclass
 class MTPOutput:
     logits: torch.Tensor  # [B, T, V] float32
     hidden: torch.Tensor  # [B, T, C] input h of the next draft step
-    cache: list[LayerCache]  # one per MTP layer
+    cache: list[LayerCache | PoolCache]  # one per MTP layer
 
 
 class MTPHead(nn.Module):
@@ -47,7 +47,7 @@ class MTPHead(nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         lm_head: nn.Module,
         mask: torch.Tensor | None = None,
-        past: list[LayerCache] | None = None,
+        past: list[LayerCache] | list[PoolCache] | None = None,
     ) -> MTPOutput:
         """token_embeds [B, T, C] (embedding of the token after h's position); hidden [B, T, C]."""
         x = self.fc(
