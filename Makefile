@@ -79,3 +79,6 @@ demo-model: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache *.egg-info
+
+# Deployment: make deploy-tools, make deploy-check (Docker images, compose, Helm chart, Prometheus, Grafana).
+include deploy/deploy.mk

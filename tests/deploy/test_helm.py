@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,7 +37,7 @@ SCENARIOS = {
             },
             "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         },
-        "gateway": {"weightsRoots": ["/checkpoints"]},
+        "weightsRoots": ["/checkpoints"],
         "metrics": {
             "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
             "prometheusRule": {"enabled": True},
@@ -54,6 +56,7 @@ SCENARIOS = {
                 "image": {"repository": "registry.example.com/qwen3-mtp", "tag": "s100"},
             },
         },
+        "weightsRoots": ["/checkpoints", "/scratch/rl"],
         "auth": {"existingSecret": "bebop-tokens-from-vault"},
         "gateway": {
             "autoscaling": {"enabled": False},
@@ -78,6 +81,7 @@ SCENARIOS = {
             "apiToken": "a-long-random-api-token-1",
             "adminToken": "a-long-random-admin-token-1",
             "engineToken": "a-long-random-engine-token-1",
+            "metricsToken": "a-long-random-metrics-token-1",
         },
     },
 }
@@ -93,7 +97,7 @@ REFUSED = {
         {"engines": {"probes": {"liveness": {"path": "/metrics"}}}},
         "/engines/probes/liveness",
     ),
-    "relative-weights-root": ({"gateway": {"weightsRoots": ["ckpt"]}}, "/gateway/weightsRoots/0"),
+    "relative-weights-root": ({"weightsRoots": ["ckpt"]}, "/weightsRoots/0"),
 }
 # checkov findings left on purpose, one line of why each.
 CHECKOV_SKIPS = {
@@ -245,12 +249,23 @@ def test_gateway_finds_engines_through_the_headless_service(rendered, scenario):
     assert parsed.host == "0.0.0.0" and parsed.engine_dns
 
 
+def _probed_path(probe: dict, port: int) -> str:
+    """The engine path a probe checks: an HTTP GET, or the exec that sends the engine token."""
+    if "httpGet" in probe:
+        return probe["httpGet"]["path"]
+    command = probe["exec"]["command"]
+    assert command[:2] == ["python3", "-c"] and "BEBOP_ENGINE_TOKEN" in command[2]
+    return re.search(rf"http://127\.0\.0\.1:{port}(/\w+)'", command[2]).group(1)
+
+
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_engine_probes(rendered, scenario):
     c = container(one(rendered, scenario, "StatefulSet", "engine"), "engine")
-    assert c["startupProbe"]["httpGet"]["path"] == "/health_generate"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/health_generate"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+    port = c["ports"][0]["containerPort"]
+    assert _probed_path(c["startupProbe"], port) == "/health_generate"
+    assert _probed_path(c["readinessProbe"], port) == "/health_generate"
+    assert _probed_path(c["livenessProbe"], port) == "/health"
+    assert "httpGet" in c["livenessProbe"]  # /health is the one public engine route
     gw = container(one(rendered, scenario, "Deployment", "gateway"), "gateway")
     assert gw["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert gw["livenessProbe"]["httpGet"]["path"] == "/healthz"
@@ -269,6 +284,8 @@ def test_gpu_engines_with_tensor_parallelism(rendered):
         "--speculative-num-draft-tokens=4",
         "--speculative-use-rejection-sampling",
         "--model-path=/models/model",
+        "--speculative-draft-model-path=/models/model",
+        "--api-key=$(BEBOP_ENGINE_TOKEN)",
         "--mem-fraction-static=0.85",
         "--context-length=8192",
     ]:
@@ -283,6 +300,7 @@ def test_cpu_engine_command_parses(rendered):
     c = container(sts, "engine")
     parsed = build_parser().parse_args(c["args"])
     assert parsed.command == "engine" and parsed.model == "/models/model" and parsed.host == "0.0.0.0"
+    assert parsed.weights_root == ["/checkpoints", "/scratch/rl"]
     init = sts["spec"]["template"]["spec"]["initContainers"][0]
     assert init["image"] == "registry.example.com/qwen3-mtp:s100"
     default = container(one(rendered, "default", "StatefulSet", "engine"), "engine")
@@ -295,7 +313,12 @@ def test_tokens(rendered):
         for e in container(one(rendered, "cpu-ingress-existing-secret", "Deployment"), "gateway")["env"]
         if "valueFrom" in e
     }
-    assert set(env_refs) == {"BEBOP_API_TOKEN", "BEBOP_ADMIN_TOKEN", "BEBOP_ENGINE_TOKEN"}
+    assert set(env_refs) == {
+        "BEBOP_API_TOKEN",
+        "BEBOP_ADMIN_TOKEN",
+        "BEBOP_ENGINE_TOKEN",
+        "BEBOP_METRICS_TOKEN",
+    }
     assert {r["name"] for r in env_refs.values()} == {"bebop-tokens-from-vault"}
     assert not objs(rendered, "cpu-ingress-existing-secret", "Secret")
     engine_env = container(one(rendered, "default", "StatefulSet"), "engine")["env"]
@@ -304,8 +327,13 @@ def test_tokens(rendered):
     generated = {
         k: base64.b64decode(v).decode() for k, v in one(rendered, "default", "Secret")["data"].items()
     }
-    assert set(generated) == {"BEBOP_API_TOKEN", "BEBOP_ADMIN_TOKEN", "BEBOP_ENGINE_TOKEN"}
-    assert all(len(v) >= 32 for v in generated.values()) and len(set(generated.values())) == 3
+    assert set(generated) == {
+        "BEBOP_API_TOKEN",
+        "BEBOP_ADMIN_TOKEN",
+        "BEBOP_ENGINE_TOKEN",
+        "BEBOP_METRICS_TOKEN",
+    }
+    assert all(len(v) >= 32 for v in generated.values()) and len(set(generated.values())) == 4
     given = {
         k: base64.b64decode(v).decode()
         for k, v in one(rendered, "hostpath-given-tokens", "Secret")["data"].items()
@@ -377,7 +405,15 @@ def test_monitoring_objects(rendered, tmp_path):
             if sm["spec"]["selector"]["matchLabels"].items() <= s["metadata"]["labels"].items()
         ]
         assert len(matched) == 1, sm["metadata"]["name"]
-        assert sm["spec"]["endpoints"][0]["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
+        endpoint = sm["spec"]["endpoints"][0]
+        assert endpoint["port"] in {p["name"] for p in matched[0]["spec"]["ports"]}
+        if sm["metadata"]["labels"]["app.kubernetes.io/component"] == "gateway":
+            assert endpoint["authorization"]["credentials"] == {
+                "name": "bebop-tokens",
+                "key": "BEBOP_METRICS_TOKEN",
+            }
+        else:  # SGLang engines leave /metrics open
+            assert "authorization" not in endpoint
     for scenario in ("default", "cpu-ingress-existing-secret"):
         assert not objs(rendered, scenario, "ServiceMonitor") and not objs(
             rendered, scenario, "PrometheusRule"
@@ -426,3 +462,36 @@ def test_readme_lists_every_alert():
         r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r
     }
     assert set(re.findall(r"^\| `(Bebop\w+)` \|", readme, re.M)) == alerts
+
+
+def test_bebop_accepts_the_sglang_flags(rendered):
+    """`bebop sglang-server` checks the speculative flags before it starts SGLang: the chart's pass.
+    The model path is swapped for the demo checkpoint, which has the mtp.* head the check looks for."""
+    from bebop.service.sglang.launcher import check_flags
+    from bebop.training.demo_path import demo_model_dir
+
+    args = container(one(rendered, "gpu-tp2", "StatefulSet"), "engine")["args"]
+    sglang_args = [a.replace("/models/model", str(demo_model_dir())) for a in args[2:]]
+    assert check_flags(sglang_args) == []
+    assert check_flags([a for a in sglang_args if "rejection" not in a])  # and the check can fail
+
+
+@pytest.mark.sglang
+def test_sglang_parses_the_chart_flags(rendered):
+    """SGLang 0.5.23's own argument parser (ServerArgs) accepts every flag the chart passes."""
+    python = os.environ.get("BEBOP_SGLANG_PYTHON")
+    if not python or not Path(python).exists():
+        pytest.skip("needs SGLang 0.5.23's venv (BEBOP_SGLANG_PYTHON, set by make test)")
+    args = container(one(rendered, "gpu-tp2", "StatefulSet"), "engine")["args"][2:]
+    args = [a.replace("$(BEBOP_ENGINE_TOKEN)", "engine-token-for-the-test") for a in args]
+    script = (
+        "import argparse, json, sys\n"
+        "from sglang.srt.server_args import ServerArgs\n"
+        "p = argparse.ArgumentParser()\n"
+        "ServerArgs.add_cli_args(p)\n"
+        "a = p.parse_args(sys.argv[1:])\n"
+        "print(json.dumps([a.tp_size, a.speculative_use_rejection_sampling, a.api_key]))\n"
+    )
+    r = run([python, "-c", script, *args], timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == [2, True, "engine-token-for-the-test"]

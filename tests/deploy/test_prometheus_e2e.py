@@ -2,14 +2,19 @@
 evaluates deploy/prometheus/rules.yml, and every dashboard query and every rule signal returns data.
 
 A metric the dashboard or the rules name that the gateway or the engine does not export fails here.
+Prometheus runs with the compose stack's own configuration (deploy/prometheus/prometheus.yml), its
+targets moved to loopback, and the gateway runs with every token set, as deployed: Prometheus
+scrapes with the scrape-only metrics token and the engine token.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,16 +23,22 @@ import yaml
 from bebop.training.demo_path import demo_model_dir
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import Prometheus, dashboard_targets, grafana_to_promql, rules, series_names
-from tests.procs import free_port, running
+from tests.procs import BEBOP, free_port
 
 SCRAPE_S = 1  # scrape and rule evaluation interval: seconds of load give many points
 LOAD_S = 6.0  # seconds of rollout traffic before and after the reload
+TOKENS = {
+    f"BEBOP_{kind}_TOKEN": f"{kind.lower()}-token-for-the-e2e-test"
+    for kind in ("API", "ADMIN", "ENGINE", "METRICS")
+}
+API = {"Authorization": f"Bearer {TOKENS['BEBOP_API_TOKEN']}"}
+ADMIN = {"Authorization": f"Bearer {TOKENS['BEBOP_ADMIN_TOKEN']}"}
 
 
 def _load(url: str, seconds: float, seed: int) -> None:
     deadline = time.monotonic() + seconds
     k = 0
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with httpx.Client(base_url=url, timeout=120, headers=API) as client:
         while time.monotonic() < deadline:
             for task, prompt in (("arith", "12+35="), ("story", "Once upon a time")):
                 body = {
@@ -51,15 +62,19 @@ def _wait(predicate, timeout: float, what: str) -> None:
 
 @contextlib.contextmanager
 def _prometheus(binary: str, tmp_path, gateway: str, engines: list[str]):
+    """Prometheus with the compose stack's configuration, pointed at loopback."""
     port = free_port()
-    config = {
-        "global": {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"},
-        "rule_files": [str(DEPLOY / "prometheus" / "rules.yml")],
-        "scrape_configs": [
-            {"job_name": "bebop-gateway", "static_configs": [{"targets": [gateway]}]},
-            {"job_name": "bebop-engine", "static_configs": [{"targets": engines}]},
-        ],
-    }
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": f"{SCRAPE_S}s", "evaluation_interval": f"{SCRAPE_S}s"}
+    config["rule_files"] = [str(DEPLOY / "prometheus" / "rules.yml")]
+    targets = {"bebop-gateway": [gateway], "bebop-engine": engines}
+    for job in config["scrape_configs"]:
+        job["static_configs"] = [{"targets": targets.pop(job["job_name"])}]
+        secret = Path(job["authorization"]["credentials_file"]).name  # /run/secrets/<name> in compose
+        token = tmp_path / secret
+        token.write_text(TOKENS[f"BEBOP_{secret.removesuffix('_token').upper()}_TOKEN"])
+        job["authorization"]["credentials_file"] = str(token)
+    assert not targets, f"jobs missing from deploy/prometheus/prometheus.yml: {targets}"
     path = tmp_path / "prometheus.yml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(
@@ -94,6 +109,36 @@ def _prometheus(binary: str, tmp_path, gateway: str, engines: list[str]):
             proc.kill()
 
 
+@contextlib.contextmanager
+def _serve(args: list[str], port: int, log):
+    """`bebop *args` with every token in its environment, until /readyz answers 200."""
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [BEBOP, *args], env={**os.environ, **TOKENS}, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+
+        def ready() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"bebop {' '.join(args)} exited {proc.returncode}:\n{Path(log).read_text()}"
+                )
+            try:
+                return httpx.get(url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(ready, 180, "the gateway is not ready")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def prom(prometheus_bin, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prom")
@@ -106,8 +151,9 @@ def prom(prometheus_bin, tmp_path_factory):
         f.write_bytes(b"not a safetensors file")
     port = free_port()
     args = ["serve", "--port", str(port), "--engines", "1", "--weights-root", str(roots)]
-    with running(args, port, ready_path="/readyz", timeout=180) as url:
-        engines = [e["url"] for e in httpx.get(url + "/v1/engines", timeout=10).json()["engines"]]
+    with _serve(args, port, tmp / "gateway.log") as url:
+        engines = httpx.get(url + "/v1/engines", timeout=10, headers=ADMIN).json()["engines"]
+        engines = [e["url"] for e in engines]
         hosts = [e.removeprefix("http://") for e in engines]
         with _prometheus(prometheus_bin, tmp, f"127.0.0.1:{port}", hosts) as p:
             _load(url, LOAD_S, seed=1)
@@ -115,10 +161,14 @@ def prom(prometheus_bin, tmp_path_factory):
                 url + "/v1/weights",
                 json={"model_path": str(demo_model_dir()), "version": "v2", "pause_mode": "retract"},
                 timeout=120,
+                headers=ADMIN,
             )
             assert ok.status_code == 200, ok.text
             bad = httpx.post(
-                url + "/v1/weights", json={"model_path": str(broken), "version": "v3"}, timeout=120
+                url + "/v1/weights",
+                json={"model_path": str(broken), "version": "v3"},
+                timeout=120,
+                headers=ADMIN,
             )
             assert bad.status_code == 409, bad.text
             _load(url, LOAD_S, seed=1000)
@@ -129,6 +179,7 @@ def prom(prometheus_bin, tmp_path_factory):
                 "the reload-failure signal never appeared",
             )
             time.sleep(3 * SCRAPE_S)
+            p.scraped = [url, *engines]
             yield p
 
 
@@ -136,6 +187,12 @@ def test_every_target_is_scraped(prom):
     targets = prom.get("/api/v1/targets")["activeTargets"]
     assert {t["labels"]["job"] for t in targets} == {"bebop-gateway", "bebop-engine"}
     assert all(t["health"] == "up" for t in targets), [(t["scrapeUrl"], t["lastError"]) for t in targets]
+
+
+def test_metrics_need_a_token(prom):
+    """What Prometheus scrapes is not public: the tokens in its configuration are what let it in."""
+    for url in prom.scraped:
+        assert httpx.get(url + "/metrics", timeout=5).status_code == 401, url
 
 
 def test_every_rule_evaluates(prom):

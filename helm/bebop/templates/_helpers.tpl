@@ -75,7 +75,7 @@ app.kubernetes.io/component: engine
 {{- end }}
 {{- end }}
 
-{{/* The three token variables, read from the Secret. Argument: the root context. */}}
+{{/* The gateway's token variables, read from the Secret. Argument: the root context. */}}
 {{- define "bebop.tokenEnv" -}}
 {{- $secret := include "bebop.secretName" . }}
 - name: BEBOP_API_TOKEN
@@ -93,6 +93,11 @@ app.kubernetes.io/component: engine
     secretKeyRef:
       name: {{ $secret }}
       key: {{ .Values.auth.secretKeys.engineToken }}
+- name: BEBOP_METRICS_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ .Values.auth.secretKeys.metricsToken }}
 {{- end }}
 
 {{- define "bebop.engineTokenEnv" -}}
