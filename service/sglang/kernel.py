@@ -122,10 +122,11 @@ def chain_speculative_sampling(
     final = uniform_samples_for_final_sampling.reshape(bs)
     if final.dtype != torch.float32:
         final = final.float()
-    unused = torch.zeros((bs,), dtype=torch.int64, device=target_probs.device)  # seeds, positions
+    unused, num_drafts = _constants(bs, G, target_probs.device)
     use_triton = triton_usable(target_probs, q, coins)
     out = chain_rejection_sample(
         target_probs, q, drafts, unused, unused,
+        num_drafts=num_drafts,
         backend="triton" if use_triton else "torch",
         with_entropy=os.environ.get(ENTROPY_ENV, "1") != "0",
         validate=False,  # no host sync on the serving path; SGLang built these tensors
@@ -140,6 +141,21 @@ def chain_speculative_sampling(
             out.tokens, out.num_accepted, retrive_index, predicts, accept_index, accept_token_num
         )
     _last.result = VerifyResult(num_accepted=out.num_accepted, entropy=out.entropy)
+
+
+_constant_cache: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _constants(bs: int, G: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read-only inputs kept between calls (two fill launches fewer per verify): zeros [bs] int64
+    for the unused seeds and positions, and num_drafts [bs] int64 = G."""
+    key = (bs, G, device)
+    if key not in _constant_cache:
+        _constant_cache[key] = (
+            torch.zeros((bs,), dtype=torch.int64, device=device),
+            torch.full((bs,), G, dtype=torch.int64, device=device),
+        )
+    return _constant_cache[key]
 
 
 # ----------------------------------------------------------------------------- delegation
