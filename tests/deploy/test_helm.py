@@ -5,6 +5,7 @@ overrides a real install uses; then what the issue asks of the objects, asserted
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import os
 import re
@@ -177,6 +178,16 @@ def test_kubernetes_schemas_strict(rendered, scenario):
     # only the Prometheus Operator's kinds have no schema here; they are checked below instead
     skipped = re.findall(r"Couldn't find schema for kind (\w+)", r.stdout + r.stderr)
     assert set(skipped) <= {"ServiceMonitor", "PrometheusRule"}, skipped
+
+
+def test_kubernetes_schema_check_can_fail(rendered, tmp_path):
+    """--strict refuses a misspelt field (without it an unknown field passes)."""
+    deployment = copy.deepcopy(one(rendered, "default", "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(deployment))
+    r = run([deploy_tool("kubernetes-validate"), "--strict", "-k", KUBE_VERSION, str(path)])
+    assert r.returncode != 0 and "imagePullPolicyy" in r.stdout + r.stderr
 
 
 def _checkov(folder) -> tuple[dict, list[dict]]:
