@@ -172,11 +172,14 @@ def prom(prometheus_bin, tmp_path_factory):
             )
             assert bad.status_code == 409, bad.text
             _load(url, LOAD_S, seed=1000)
-            # every signal is recorded from at least two scrapes after the load
+            # wait until Prometheus has scraped the failed reload and the samples of the new weights
             _wait(
-                lambda: p.finite_values("bebop:weight_reloads_failed:increase15m"),
-                30,
-                "the reload-failure signal never appeared",
+                lambda: (
+                    p.finite_values("bebop:weight_reloads_failed:increase15m > 0")
+                    and p.finite_values('sum(bebop_rollout_samples_total{weight_version="v2"}) > 0')
+                ),
+                60,
+                "the reload failure or the new version's samples never reached Prometheus",
             )
             time.sleep(3 * SCRAPE_S)
             p.scraped = [url, *engines]
