@@ -20,7 +20,9 @@ Shapes (B = batch, G = max drafts per row, V = vocabulary):
     positions      [B]            int64   absolute position of the first draft token
     num_drafts     [B]            int64   drafts in use per row (<= G), or None (all G)
     coins          [B, G]         float32 host-supplied accept coins in [0, 1), or None (counter RNG)
-    final_coins    [B]            float32 host-supplied uniform of the residual/bonus draw, or None
+    final_coins    [B]            float32 host-supplied uniform of the residual/bonus draw, or None;
+                   or [B, G + 1]  float64 one per possible stop position (torch backend only: the
+                                  engine's CPU path passes the counter RNG's own uniforms this way)
     -> tokens      [B, G + 1]     int64   accepted drafts, the residual/bonus token, then -1
        num_accepted[B]            int64
        entropy     [B, G + 1]     float32 target entropy per position in nats (NaN if not computed)
@@ -112,6 +114,8 @@ def chain_rejection_sample(
         t for t in (target_probs, draft_probs, draft_tokens, seeds, positions, num_drafts) if t is not None
     ]
     if resolve_backend(backend, *tensors) == "triton":
+        if final_coins is not None and final_coins.ndim == 2:
+            raise ValueError("final_coins per stop position [B, G+1] is for the torch backend only")
         return _chain_rejection_sample_triton(
             target_probs,
             draft_probs,
@@ -247,8 +251,12 @@ def _check_coins(
         raise ValueError(
             f"coins must be float32 [B, >= G] = [{B}, >= {G}], got {_describe(coins)} {coins.dtype}"
         )
-    if tuple(final_coins.shape) != (B,) or final_coins.dtype != torch.float32:
-        raise ValueError(f"final_coins must be float32 [B] = [{B}], got {_describe(final_coins)}")
+    per_stop = tuple(final_coins.shape) == (B, G + 1) and final_coins.dtype == torch.float64
+    if not per_stop and (tuple(final_coins.shape) != (B,) or final_coins.dtype != torch.float32):
+        raise ValueError(
+            f"final_coins must be float32 [B] = [{B}] or float64 [B, G+1] = [{B}, {G + 1}], "
+            f"got {_describe(final_coins)} {final_coins.dtype}"
+        )
     if coins.device != device or final_coins.device != device:
         raise ValueError("coins and final_coins must be on the device of target_probs")
 
@@ -348,6 +356,8 @@ def chain_rejection_sample_torch(
             q_stop = draft_probs[rows, stop_in_drafts].float()
         q_stop = q_stop * rejected[:, None]
     residual = (p_stop - q_stop).clamp_min(0.0)
+    if final_coins is not None and final_coins.ndim == 2:  # one uniform per possible stop position
+        final_coins = final_coins[rows, stop]
     token = _draw_index(
         _quantise(residual), _quantise(p_stop), seeds, positions + stop, sample_slot, final_coins
     )

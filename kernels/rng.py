@@ -54,35 +54,33 @@ def _mulhilo(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _philox4x32_numpy(
     seed: torch.Tensor, counter_lo: torch.Tensor, counter_hi: torch.Tensor, slot: torch.Tensor | int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CPU fast path of ``philox4x32``: numpy has native uint32/uint64 arithmetic, so each round is
-    a handful of array operations instead of dozens of torch calls (the engine draws several
-    uniforms per decoding step, where per-call overhead dominates). Same integers, bit for bit."""
+    """CPU fast path of ``philox4x32``: numpy has native uint64 arithmetic, and the engine draws a
+    few dozen uniforms per decoding step, where the count of array operations, not their size,
+    sets the cost. The two halves of a round are stacked, ``X = [c0, c2]`` and ``Y = [c1, c3]``, so
+    a round is five operations: ``P = X * [M0, M1]``, then ``X' = hi(P)[::-1] ^ Y ^ key_r`` and
+    ``Y' = lo(P)[::-1]``. Same integers, bit for bit."""
     shape = torch.broadcast_shapes(
         seed.shape, counter_lo.shape, counter_hi.shape, torch.as_tensor(slot).shape
     )
 
     def words(t: torch.Tensor | int) -> np.ndarray:
-        return np.broadcast_to(torch.as_tensor(t, dtype=torch.int64).numpy(), shape).astype(np.uint64)
+        return np.broadcast_to(torch.as_tensor(t, dtype=torch.int64).numpy().view(np.uint64), shape)
 
+    mask, shift = np.uint64(_MASK32), np.uint64(32)
     seed64 = words(seed)
-    key0, key1 = (seed64 & _MASK32).astype(np.uint32), (seed64 >> np.uint64(32)).astype(np.uint32)
-    c0 = (words(counter_lo) & _MASK32).astype(np.uint32)
-    c1 = (words(counter_hi) & _MASK32).astype(np.uint32)
-    c2 = (words(slot) & _MASK32).astype(np.uint32)
-    c3 = np.zeros(shape, dtype=np.uint32)
-    m0, m1, shift = np.uint64(PHILOX_M0), np.uint64(PHILOX_M1), np.uint64(32)
-    w0, w1 = np.uint32(PHILOX_W0), np.uint32(PHILOX_W1)
+    key = np.stack([seed64 & mask, seed64 >> shift])  # [2, ...]
+    x = np.stack([words(counter_lo) & mask, words(slot) & mask])  # counter words 0 and 2
+    y = np.stack([words(counter_hi) & mask, np.zeros(shape, dtype=np.uint64)])  # words 1 and 3
+    extra = (1,) * len(shape)
+    multipliers = np.array([PHILOX_M0, PHILOX_M1], dtype=np.uint64).reshape(2, *extra)
+    bumps = np.array([PHILOX_W0, PHILOX_W1], dtype=np.uint64).reshape(2, *extra)
     for _ in range(PHILOX_ROUNDS):
-        p0 = c0.astype(np.uint64) * m0
-        p1 = c2.astype(np.uint64) * m1
-        c0, c1, c2, c3 = (
-            (p1 >> shift).astype(np.uint32) ^ c1 ^ key0,
-            p1.astype(np.uint32),
-            (p0 >> shift).astype(np.uint32) ^ c3 ^ key1,
-            p0.astype(np.uint32),
-        )
-        key0 = key0 + w0  # wraps mod 2**32
-        key1 = key1 + w1
+        product = x * multipliers  # < 2**64: both factors are below 2**32
+        x = (product >> shift)[::-1] ^ y ^ key
+        y = (product & mask)[::-1]
+        key = (key + bumps) & mask
+    c0, c2 = x
+    c1, c3 = y
     return tuple(torch.from_numpy(w.astype(np.int64)) for w in (c0, c1, c2, c3))  # type: ignore[return-value]
 
 
@@ -131,13 +129,40 @@ def uniform_f32(seed: torch.Tensor, position: torch.Tensor, slot: int) -> torch.
     need no special cases.
     """
     w0, _, _, _ = philox4x32(seed, position, position >> 32, slot)
-    return ((w0 >> 9) * 2 + 1).to(torch.float32) * _INV_2_24
+    return _words_to_f32(w0)
 
 
 def uniform_f64(seed: torch.Tensor, position: torch.Tensor, slot: int) -> torch.Tensor:
     """One float64 uniform in [0, 1) per (seed, position): 53 random bits times 2**-53."""
     w0, w1, _, _ = philox4x32(seed, position, position >> 32, slot)
+    return _words_to_f64(w0, w1)
+
+
+def _words_to_f32(w0: torch.Tensor) -> torch.Tensor:
+    return ((w0 >> 9) * 2 + 1).to(torch.float32) * _INV_2_24
+
+
+def _words_to_f64(w0: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
     return ((w0 >> 6) * (1 << 27) + (w1 >> 5)).to(torch.float64) * _INV_2_53
+
+
+def uniform_table(
+    seed: torch.Tensor, start: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every uniform a sequence needs at positions start..start+width-1, in one Philox call.
+
+    seed, start: [R] int64. Returns ``(accept, sample, draft)``: [R, width] float32 coins
+    (``uniform_f32`` at SLOT_ACCEPT), and float64 uniforms at SLOT_SAMPLE and SLOT_DRAFT
+    (``uniform_f64``): the same numbers, bit for bit. A CPU engine step needs a few dozen uniforms,
+    and a Philox call costs far more in per-call overhead than in arithmetic, so the engine reads
+    them from a table it refills every ``width`` positions.
+    """
+    position = start[:, None, None] + torch.arange(width, device=start.device)[None, :, None]  # [R, W, 1]
+    slots = torch.tensor([SLOT_ACCEPT, SLOT_SAMPLE, SLOT_DRAFT], device=start.device)  # [3]
+    w0, w1, _, _ = philox4x32(seed[:, None, None], position, position >> 32, slots)  # [R, W, 3]
+    accept = _words_to_f32(w0[..., 0])
+    wide = _words_to_f64(w0[..., 1:], w1[..., 1:])
+    return accept, wide[..., 0], wide[..., 1]
 
 
 # ----------------------------------------------------------------------------- Triton

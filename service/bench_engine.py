@@ -6,17 +6,26 @@ HTTP), ``batch`` at a time, and reports generated tokens per second of wall time
 length (tokens per verify step) and the draft acceptance rate. In the same run, Hugging Face
 ``transformers`` ``generate`` on the same checkpoint (plain sampling, and assisted generation by
 prompt lookup, batch 1 only in transformers) is timed as the peer a user would try first.
+
+The speculative ceiling. Also in the same run, the model calls a step cannot avoid are timed
+alone at each batch size (``component_times``): a 1-token target forward (t_decode), a G+1-token
+verify forward (t_verify) and a 1-token MTP step (t_mtp), all over the engine's KV pool at a
+typical context. With the measured accept length L, no engine can beat
+``ceiling = L * t_decode / (t_verify + G * t_mtp)`` over plain decoding; ``efficiency =
+speedup / ceiling`` is how much of it the engine keeps (the rest is laws, sampling, bookkeeping).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bebop.service.engine.runner import ModelRunner
+from bebop.service.engine.kv_pool import prefix_mask
+from bebop.service.engine.runner import ModelRunner, default_device
 from bebop.service.engine.sampling import SamplingParams
 from bebop.service.model import load_model
 
@@ -42,10 +51,12 @@ def run_config(
     temperature: float,
     new_tokens: int,
     draft_steps: int,
+    device: torch.device | None = None,
 ) -> dict:
     """Decode every prompt to EOS or ``new_tokens``, ``batch`` at a time (a finished row's place is
     refilled at once, as in the scheduler); tokens/s over the whole workload."""
-    runner = ModelRunner(model, batch, max(len(p) for p in prompts) + new_tokens + 8, spec, draft_steps)
+    max_len = max(len(p) for p in prompts) + new_tokens + 8
+    runner = ModelRunner(model, batch, max_len, spec, draft_steps, device=device)
     params = SamplingParams(temperature=temperature, max_new_tokens=new_tokens)
     eos = model.config.eos_token_id
     todo = list(enumerate(prompts))
@@ -76,6 +87,7 @@ def run_config(
             verify_tokens += len(out.tokens)
             proposed += out.drafts_proposed
             accepted += out.drafts_accepted
+    _sync(runner.device)
     elapsed = time.perf_counter() - start
     return {
         "spec": spec,
@@ -95,13 +107,15 @@ def run_hf(
     new_tokens: int,
     assisted: bool,
     draft_steps: int = 3,
+    device: torch.device | None = None,
 ) -> dict | None:
     """transformers ``generate`` on the same checkpoint; None when transformers is missing."""
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
         return None
-    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    device = device or torch.device("cpu")
+    hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval().to(device)
     torch.manual_seed(0)
     pad = hf.config.pad_token_id or 0
     eos = hf.config.eos_token_id
@@ -123,8 +137,8 @@ def run_hf(
     groups = [prompts[i : i + batch] for i in range(0, len(prompts), batch)]
     for group in groups:  # transformers decodes a batch until its longest row ends
         width = max(len(p) for p in group)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in group])  # left padding
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in group], device=device)  # left padding
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in group], device=device)
         with torch.no_grad():
             out = hf.generate(input_ids=ids, attention_mask=mask, **kwargs)
         for row in out[:, width:].tolist():
@@ -140,6 +154,60 @@ def run_hf(
     }
 
 
+def component_times(
+    model, batch: int, draft_steps: int, context: int = 64, repeats: int = 30, device=None
+) -> dict[str, float]:
+    """Median milliseconds of the model calls a step cannot avoid, at ``batch`` rows of ``context``
+    cached tokens on the engine's KV pool: decode (1 token), verify (G+1 tokens), one MTP step."""
+    G = draft_steps
+    runner = ModelRunner(model, batch, context + 4 * G + 8, "rejection", G, device=device)
+    params = SamplingParams(temperature=1.0, max_new_tokens=1)
+    for b in range(batch):
+        runner.prefill([(7 * b + j) % model.config.vocab_size for j in range(context)], params, seed=b)
+    dev, rows = runner.device, slice(0, batch)
+    t = runner.position[:batch].clone()
+    C = model.config.hidden_size
+
+    def target(T: int):
+        index = t[:, None] + runner._arange[:T]
+        ids = torch.zeros(batch, T, dtype=torch.int64, device=dev)
+        span = context + T
+        return lambda: model(ids, index, prefix_mask(t, T, span), runner.kv.views(rows, index, span))
+
+    def mtp_step():
+        index = (t - 1)[:, None]
+        ids = torch.zeros(batch, 1, dtype=torch.int64, device=dev)
+        hidden = torch.zeros(batch, 1, C, dtype=runner.pend_hidden.dtype, device=dev)
+        span = context + 1
+        mask, caches = prefix_mask(t - 1, 1, span), runner.mtp_kv.views(rows, index, span)
+        return lambda: model.mtp(model.embed(ids), hidden, model.rope(index + 1), model.lm_head, mask, caches)
+
+    with torch.no_grad():
+        return {
+            "decode_ms": _median_ms(target(1), dev, repeats),
+            "verify_ms": _median_ms(target(G + 1), dev, repeats),
+            "mtp_ms": _median_ms(mtp_step(), dev, repeats),
+        }
+
+
+def _median_ms(fn, device: torch.device, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        _sync(device)
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def run_engine_bench(
     model_dir: Path,
     batches: tuple[int, ...] = (1, 16),
@@ -147,37 +215,59 @@ def run_engine_bench(
     new_tokens: int = 96,
     draft_steps: int = 3,
     with_hf: bool = True,
+    device: str | torch.device | None = None,
 ) -> dict:
+    device = torch.device(device) if device is not None else default_device()
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = load_model(model_dir)
+    model = load_model(model_dir).to(device)
     prompts = workload(model_dir)
-    rows = []
+    rows, components = [], {}
     for batch in batches:
+        components[f"b{batch}"] = component_times(model, batch, draft_steps, device=device)
         for temperature in temperatures:
             for spec in SPECS:
-                run_config(model, spec, prompts[:2], batch, temperature, 8, draft_steps)  # warm-up
-                rows.append(run_config(model, spec, prompts, batch, temperature, new_tokens, draft_steps))
+                run_config(model, spec, prompts[:2], batch, temperature, 8, draft_steps, device)  # warm-up
+                rows.append(
+                    run_config(model, spec, prompts, batch, temperature, new_tokens, draft_steps, device)
+                )
             if with_hf:
                 for assisted in (False, True):
                     run_hf(
-                        model_dir, prompts[:batch], batch, temperature, 8, assisted, draft_steps
+                        model_dir, prompts[:batch], batch, temperature, 8, assisted, draft_steps, device
                     )  # warm-up
-                    row = run_hf(model_dir, prompts, batch, temperature, new_tokens, assisted, draft_steps)
+                    row = run_hf(
+                        model_dir, prompts, batch, temperature, new_tokens, assisted, draft_steps, device
+                    )
                     if row is not None:
                         rows.append(row)
 
-    def rate(spec: str, batch: int) -> float:
-        return next(
-            r["tokens_per_s"]
-            for r in rows
-            if r["spec"] == spec and r["batch"] == batch and r["temperature"] == 1.0
-        )
+    def row_of(spec: str, batch: int) -> dict:
+        return next(r for r in rows if r["spec"] == spec and r["batch"] == batch and r["temperature"] == 1.0)
 
-    speedup = {f"b{b}": rate("rejection", b) / rate("none", b) for b in batches if 1.0 in temperatures}
+    speedup, ceiling, efficiency = {}, {}, {}
+    if 1.0 in temperatures:
+        for b in batches:
+            key, c = f"b{b}", components[f"b{b}"]
+            speedup[key] = row_of("rejection", b)["tokens_per_s"] / row_of("none", b)["tokens_per_s"]
+            accept_length = row_of("rejection", b)["accept_length"]
+            ceiling[key] = accept_length * c["decode_ms"] / (c["verify_ms"] + draft_steps * c["mtp_ms"])
+            efficiency[key] = speedup[key] / ceiling[key]
     return {
         "model": str(model_dir),
+        "device": _device_name(device),
         "new_tokens": new_tokens,
         "draft_steps": draft_steps,
         "rows": rows,
+        "components": components,
         "speedup": speedup,
+        "ceiling": ceiling,
+        "efficiency": efficiency,
     }
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -40,7 +40,14 @@ def _engine(args: argparse.Namespace) -> int:
         weight_version=args.weight_version,
         api_token=os.environ.get("BEBOP_ENGINE_TOKEN") or None,
         weights_roots=list(args.weights_root or []),
+        device=None if args.device == "auto" else args.device,
     )
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            logging.getLogger("bebop").error("--device cuda: no CUDA device is visible to this process")
+            return 2
     try:
         check_listen(args.host, cfg.api_token)
     except ValueError as err:
@@ -96,6 +103,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
         args.new_tokens,
         args.draft_steps,
         with_hf=not args.no_hf,
+        device=None if args.device == "auto" else args.device,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -111,7 +119,12 @@ def _bench_engine(args: argparse.Namespace) -> int:
             r["acceptance"],
         ]
         print(" | ".join(f"{c:.3f}" if isinstance(c, float) else str(c) for c in cells))
-    print("speedup (rejection / none, T = 1.0):", report["speedup"])
+    print("device:", report["device"])
+    for key, c in report["components"].items():
+        times = ", ".join(f"{name} {c[name + '_ms']:.3f} ms" for name in ("decode", "verify", "mtp"))
+        print(f"{key}: {times}")
+    for name in ("speedup", "ceiling", "efficiency"):
+        print(f"{name} (rejection / none, T = 1.0):", {k: round(v, 3) for k, v in report[name].items()})
     return 0
 
 
@@ -257,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--context-length", type=int, default=512, help="prompt + max_new_tokens limit")
     engine.add_argument("--weight-version", default="default")
     engine.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available"
+    )
+    engine.add_argument(
         "--weights-root", action="append", help="directories checkpoints may load from (besides --model)"
     )
     engine.set_defaults(func=_engine)
@@ -348,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_bench.add_argument("--new-tokens", type=int, default=96)
     engine_bench.add_argument("--draft-steps", type=int, default=3)
     engine_bench.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
+    engine_bench.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when available)")
     engine_bench.add_argument("--json", action="store_true")
     engine_bench.set_defaults(func=_bench_engine)
     gw_bench = bench_kinds.add_parser(

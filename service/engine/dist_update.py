@@ -30,6 +30,7 @@ class WeightReceiver:
 
     def __init__(self) -> None:
         self.group_name: str | None = None
+        self.backend: str | None = None
         self.lock = threading.Lock()
 
     def init_group(
@@ -50,6 +51,7 @@ class WeightReceiver:
                 timeout=timedelta(seconds=120),
             )
             self.group_name = group_name
+            self.backend = backend
 
     def receive(
         self, names: list[str], dtypes: list[str], shapes: list[list[int]], group_name: str, model: Qwen3Model
@@ -65,10 +67,14 @@ class WeightReceiver:
             if d not in DTYPES:
                 raise ValueError(f"dtype {d!r} is not one of {sorted(DTYPES)}")
         received = {}
+        # nccl moves CUDA buffers only; gloo here moves CPU ones (swapping copies them to the model)
+        device = next(model.parameters()).device if self.backend == "nccl" else torch.device("cpu")
+        if self.backend == "nccl" and device.type != "cuda":
+            raise ValueError("the nccl backend needs an engine on CUDA (bebop engine --device cuda)")
         with self.lock:
             # Receive everything the trainer sends even if a name is bad, or the group deadlocks.
             for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
-                buf = torch.empty([int(x) for x in shape], dtype=DTYPES[dtype])
+                buf = torch.empty([int(x) for x in shape], dtype=DTYPES[dtype], device=device)
                 dist.broadcast(buf, src=0)
                 received[name] = buf
         expected = model.state_dict()

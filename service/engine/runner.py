@@ -30,12 +30,15 @@ from dataclasses import dataclass
 import torch
 
 from bebop.kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, draw_from_probs, sample_from_probs
-from bebop.kernels.rng import uniform_f64
+from bebop.kernels.rng import uniform_table
 from bebop.service.engine.kv_pool import SlotPool, prefix_mask
 from bebop.service.engine.sampling import GREEDY_TEMPERATURE, SamplingParams, target_probs
 from bebop.service.model import Qwen3Model
 
 SPEC_MODES = ("none", "target_only", "rejection")
+# Positions of counter-RNG uniforms the CPU path keeps per sequence: a Philox call costs ~0.3 ms in
+# per-call overhead whatever its size, so one call every RNG_WINDOW positions replaces three a step.
+RNG_WINDOW = 128
 
 
 @dataclass
@@ -110,12 +113,19 @@ class ModelRunner:
             self.seed, self.position, self.pending, self.temperature, self.top_k, self.top_p,
             self.pend_hidden, self.pend_tokens, self.n_pend,
         ]  # fmt: skip
+        self._on_cuda = dev.type == "cuda"
+        if not self._on_cuda:  # uniforms of positions rng_base..rng_base+RNG_WINDOW-1 (uniform_table)
+            self.rng_base = torch.zeros(S, dtype=torch.int64)
+            self.coin_table = torch.zeros(S, RNG_WINDOW)
+            self.sample_table = torch.zeros(S, RNG_WINDOW, dtype=torch.float64)
+            self.draft_table = torch.zeros(S, RNG_WINDOW, dtype=torch.float64)
+            self._slot_tensors += [self.rng_base, self.coin_table, self.sample_table, self.draft_table]
         self._filtered = [False] * S  # host flags: the slot's request uses top-k or top-p
         self._greedy = [False] * S
         self._owner: list[SeqState | None] = [None] * S
         self._arange = torch.arange(max(entries, S), device=dev)
         self._no_rows = torch.zeros(0, dtype=torch.int64, device=dev)
-        self._on_cuda = dev.type == "cuda"
+        model.build_rope_table(entries + G + 2)  # every position a step can reach
 
     # ------------------------------------------------------------------ admission
     def free_slots(self) -> int:
@@ -154,48 +164,78 @@ class ModelRunner:
         ``resume_token`` re-admits a retracted sequence: ``prompt`` is everything before its
         pending token, which is kept instead of sampled, so the continuation draws the same
         counter-RNG numbers at the same positions as if it had never left the batch.
-        The prompt's depth-1 MTP entries are computed here, so a step never carries more than
+        """
+        resume = None if resume_token is None else [resume_token]
+        return self.prefill_group([prompt], [params], [seed], resume)[0]
+
+    @torch.no_grad()
+    def prefill_group(
+        self,
+        prompts: list[list[int]],
+        params: list[SamplingParams],
+        seeds: list[int],
+        resume_tokens: list[int] | None = None,
+    ) -> list[tuple[SeqState, StepOutput]]:
+        """``prefill`` for R prompts of one length in one forward (a GRPO group: n samples of a
+        prompt). Needs R free slots. Each row's tokens are those it would get alone.
+
+        The prompts' depth-1 MTP entries are computed here, so a step never carries more than
         G + 1 pending pairs per row, whatever was admitted beside it.
         """
-        n = len(prompt)
+        R, n = len(prompts), len(prompts[0])
         if not 1 <= n < self.max_len:
             raise ValueError(f"prompt length {n} must be in [1, {self.max_len})")
-        slot = self.kv.allocate()
-        if slot is None:
+        if any(len(p) != n for p in prompts) or not R == len(params) == len(seeds):
+            raise ValueError("prefill_group takes prompts of one length, with one params and seed each")
+        if self.free_slots() < R:
             raise RuntimeError("no free KV slot: admission must check free_slots() first")
-        mtp_slot = self.mtp_kv.allocate()
-        assert mtp_slot == slot, "slot pools out of step"
-        state = SeqState(slot=slot, params=params, seed=seed, position=n)
-        self._owner[slot] = state
+        states = []
+        for prm, seed in zip(params, seeds, strict=True):
+            slot = self.kv.allocate()
+            assert slot is not None and self.mtp_kv.allocate() == slot, "slot pools out of step"
+            states.append(SeqState(slot=slot, params=prm, seed=seed, position=n))
+            self._owner[slot] = states[-1]
         try:
-            token, probs = self._prefill(slot, prompt, params, seed, resume_token)
+            tokens, probs = self._prefill(
+                slice(states[0].slot, states[-1].slot + 1), prompts, states, resume_tokens
+            )
         except BaseException:
-            self.release(state)
+            for state in reversed(states):
+                self.release(state)
             raise
-        if resume_token is not None:
-            return state, StepOutput(tokens=[], logprobs=[], entropies=[])
-        logprob = probs[:, token].log()[:, None]  # [1, 1]
-        return state, _outputs(torch.tensor([[token]]), logprob, _entropy(probs)[:, None], 0)[0]
+        if resume_tokens is not None:
+            return [(s, StepOutput(tokens=[], logprobs=[], entropies=[])) for s in states]
+        logprobs = probs.gather(1, tokens[:, None]).log()  # [R, 1]
+        return list(
+            zip(states, _outputs(tokens[:, None], logprobs, _entropy(probs)[:, None], 0), strict=True)
+        )
 
     def _prefill(
-        self, slot: int, prompt: list[int], params: SamplingParams, seed: int, resume_token: int | None
-    ) -> tuple[int, torch.Tensor]:
-        n, dev, rows = len(prompt), self.device, slice(slot, slot + 1)
-        greedy = params.temperature < GREEDY_TEMPERATURE
-        self.seed[slot], self.temperature[slot] = seed, params.temperature
-        self.top_k[slot], self.top_p[slot] = params.top_k, params.top_p
-        self._greedy[slot] = greedy
-        self._filtered[slot] = 0 < params.top_k < self.vocab_size or params.top_p < 1
-        ids = torch.tensor([prompt], device=dev)
-        index = self._arange[:n][None]  # [1, n]: positions, and the entries they are written to
-        causal = prefix_mask(self._arange[:1], n, n)
-        out = self.model(ids, index, causal, self.kv.views(rows, index, n))
-        probs = self._laws(out.logits[:, -1:], rows)[:, 0]  # [1, V]
-        if resume_token is None:
-            token = int(self._sample(probs, self.seed[rows], torch.tensor([n], device=dev), SLOT_SAMPLE)[0])
+        self, rows: slice, prompts: list[list[int]], states: list[SeqState], resume_tokens: list[int] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts [R, n] into the slots ``rows``: ([R] first tokens, [R, V] their laws)."""
+        R, n, dev = len(prompts), len(prompts[0]), self.device
+        for state in states:
+            slot, prm = state.slot, state.params
+            self.seed[slot], self.temperature[slot] = state.seed, prm.temperature
+            self.top_k[slot], self.top_p[slot] = prm.top_k, prm.top_p
+            self._greedy[slot] = prm.temperature < GREEDY_TEMPERATURE
+            self._filtered[slot] = 0 < prm.top_k < self.vocab_size or prm.top_p < 1
+        if not self._on_cuda:
+            self._refill_rng(self._arange[rows], torch.full((R,), n))
+        ids = torch.tensor(prompts, device=dev)  # [R, n]
+        index = self._arange[:n].expand(R, n)  # positions, and the entries they are written to
+        start = self._arange[:R] * 0
+        out = self.model(ids, index, prefix_mask(start, n, n), self.kv.views(rows, index, n))
+        probs = self._laws(out.logits[:, -1:], rows)[:, 0]  # [R, V]
+        if resume_tokens is not None:
+            tokens = torch.tensor(resume_tokens, device=dev)
+        elif self._on_cuda:
+            positions = torch.full((R,), n, device=dev)
+            tokens = sample_from_probs(probs, self.seed[rows], positions, slot=SLOT_SAMPLE, validate=False)
         else:
-            token = resume_token
-        self.position[slot], self.pending[slot] = n, token
+            tokens = draw_from_probs(probs, self.sample_table[rows, 0])
+        self.position[rows], self.pending[rows] = n, tokens
         if self.G:
             model = self.model
             if n > 1:  # depth-1 entries of the pairs (h_j, x_{j+1}) at positions 1..n-1
@@ -204,13 +244,14 @@ class ModelRunner:
                     out.hidden[:, :-1],
                     model.rope(index[:, 1:]),
                     model.lm_head,
-                    prefix_mask(self._arange[:1], n - 1, n - 1),
+                    prefix_mask(start, n - 1, n - 1),
                     self.mtp_kv.views(rows, index[:, : n - 1], n - 1),
+                    logits_at=start,  # the entries are what is needed, not the logits
                 )
-            self.pend_hidden[slot, 0] = out.hidden[0, -1]
-            self.pend_tokens[slot, 0] = token
-            self.n_pend[slot] = 1
-        return token, probs
+            self.pend_hidden[rows, 0] = out.hidden[:, -1]
+            self.pend_tokens[rows, 0] = tokens
+            self.n_pend[rows] = 1
+        return tokens, probs
 
     # ------------------------------------------------------------------ steps
     @torch.no_grad()
@@ -221,6 +262,8 @@ class ModelRunner:
         B = self.kv.active
         if len(states) != B or sorted(s.slot for s in states) != list(range(B)):
             raise ValueError(f"step() takes every running sequence ({B}), got {len(states)}")
+        if not self._on_cuda:
+            self._refresh_rng(B)
         tokens, logprobs, entropy, accepted = self._spec_step(B) if self.G else self._plain_step(B)
         outputs = _outputs(tokens, logprobs, entropy, self.G, accepted)
         for s in states:
@@ -236,7 +279,10 @@ class ModelRunner:
             self.pending[:B, None], t[:, None], prefix_mask(t, 1, span), self.kv.views(rows, t[:, None], span)
         )
         probs = self._laws(out.logits, rows)  # [B, 1, V]
-        token = self._sample(probs[:, 0], self.seed[:B], t + 1, SLOT_SAMPLE)
+        if self._on_cuda:
+            token = sample_from_probs(probs[:, 0], self.seed[:B], t + 1, slot=SLOT_SAMPLE, validate=False)
+        else:
+            token = draw_from_probs(probs[:, 0], self._uniforms(self.sample_table, B, t, 1)[:, 0])
         self.position[:B] = t + 1
         self.pending[:B] = token
         return token[:, None], probs.gather(2, token[:, None, None])[..., 0].log(), _entropy(probs), None
@@ -255,9 +301,15 @@ class ModelRunner:
         ids = torch.cat([self.pending[:B, None], drafts], 1)
         out = self.model(ids, index, prefix_mask(t, G + 1, span), self.kv.views(rows, index, span))
         probs = self._laws(out.logits, rows)  # [B, G+1, V]
-        verdict = chain_rejection_sample(
-            probs, draft_laws if self.spec == "rejection" else None, drafts, seeds, t + 1, validate=False
-        )
+        uniforms = {}
+        if not self._on_cuda:  # the counter RNG's own numbers, read from the table
+            coins, finals = (
+                self._uniforms(self.coin_table, B, t, G),
+                self._uniforms(self.sample_table, B, t, G + 1),
+            )
+            uniforms = {"coins": coins, "final_coins": finals, "backend": "torch"}
+        q = draft_laws if self.spec == "rejection" else None
+        verdict = chain_rejection_sample(probs, q, drafts, seeds, t + 1, validate=False, **uniforms)
         accepted = verdict.num_accepted  # [B]
         tokens = verdict.tokens  # [B, G+1]
         emitted = tokens.clamp(min=0)
@@ -278,7 +330,6 @@ class ModelRunner:
         """
         G, rows, model = self.G, slice(0, B), self.model
         n = self.n_pend[:B]
-        every = self._arange[:B]
         positions = (t - n + 1)[:, None] + self._arange[: G + 1]  # [B, G+1]; MTP entry = position - 1
         base = t - n  # MTP entries committed so far
         out = model.mtp(
@@ -288,11 +339,11 @@ class ModelRunner:
             model.lm_head,
             prefix_mask(base, G + 1, span),
             self.mtp_kv.views(rows, positions - 1, span),
+            logits_at=n - 1,
         )
-        logits = out.logits[every, n - 1]  # [B, V]: the law of d_1
-        hidden = out.hidden[every, n - 1][:, None]  # [B, 1, C]
-        if self.spec == "rejection" and not self._on_cuda:  # all G draft uniforms in one call
-            uniforms = uniform_f64(seeds[:, None], t[:, None] + self._arange[1 : G + 1], SLOT_DRAFT)
+        logits, hidden = out.logits[:, 0], out.hidden  # [B, V]: the law of d_1; [B, 1, C]
+        if self.spec == "rejection" and not self._on_cuda:
+            uniforms = self._uniforms(self.draft_table, B, t, G)  # [B, G]
         drafts, laws = [], []
         for k in range(1, G + 1):
             law = self._laws(logits[:, None], rows)[:, 0]  # [B, V]
@@ -335,13 +386,24 @@ class ModelRunner:
         flat = logits.reshape(R * T, V).float()
         return target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy).view(R, T, V)
 
-    def _sample(
-        self, probs: torch.Tensor, seeds: torch.Tensor, positions: torch.Tensor, slot: int
-    ) -> torch.Tensor:
-        """One token per row of probs [B, V] at (seed, position, slot): [B] int64."""
-        if self._on_cuda:
-            return sample_from_probs(probs, seeds, positions, slot=slot, validate=False)
-        return draw_from_probs(probs, uniform_f64(seeds, positions, slot))
+    def _refill_rng(self, slots: torch.Tensor, start: torch.Tensor) -> None:
+        """Tables of the slots [R] for positions start [R] onwards (CPU path)."""
+        coins, sample, draft = uniform_table(self.seed[slots], start, RNG_WINDOW)
+        self.rng_base[slots] = start
+        self.coin_table[slots], self.sample_table[slots], self.draft_table[slots] = coins, sample, draft
+
+    def _refresh_rng(self, B: int) -> None:
+        """Before a step reads positions t+1..t+G+1: refill every row that is past half its window
+        once any row would run off its table, so refills come in batches."""
+        ahead = self.position[:B] + self.G + 2 - self.rng_base[:B]  # table entries the step needs
+        if bool((ahead > RNG_WINDOW).any()):
+            rows = (ahead > RNG_WINDOW // 2).nonzero().flatten()
+            self._refill_rng(rows, self.position[rows] + 1)
+
+    def _uniforms(self, table: torch.Tensor, B: int, t: torch.Tensor, count: int) -> torch.Tensor:
+        """[B, count] uniforms of positions t+1..t+count of rows 0..B-1 from a table."""
+        offsets = (t + 1 - self.rng_base[:B])[:, None] + self._arange[:count]
+        return table[:B].gather(1, offsets)
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:

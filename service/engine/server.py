@@ -34,7 +34,7 @@ from prometheus_client import generate_latest
 
 from bebop.service.engine.dist_update import WeightReceiver
 from bebop.service.engine.metrics import EngineMetrics
-from bebop.service.engine.runner import ModelRunner
+from bebop.service.engine.runner import ModelRunner, default_device
 from bebop.service.engine.sampling import BadRequest, SamplingParams
 from bebop.service.engine.scheduler import Overloaded, Request, Scheduler
 from bebop.service.engine.weights import load_checked_state
@@ -115,6 +115,7 @@ class EngineConfig:
     seed: int = 0
     api_token: str | None = None  # BEBOP_ENGINE_TOKEN: every route but /health needs it
     weights_roots: list[str] = field(default_factory=list)  # besides the model directory
+    device: str | None = None  # cpu or cuda; None: cuda when available
 
 
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -141,7 +142,10 @@ class Engine:
         self.model: Qwen3Model = load_model(self.model_path)
         tok_file = Path(self.model_path) / "tokenizer.json"
         self.tokenizer = Tokenizer.from_file(str(tok_file)) if tok_file.is_file() else None
-        self.runner = ModelRunner(self.model, cfg.max_running, cfg.max_len, cfg.spec, cfg.draft_steps)
+        device = torch.device(cfg.device) if cfg.device else default_device()
+        self.runner = ModelRunner(
+            self.model, cfg.max_running, cfg.max_len, cfg.spec, cfg.draft_steps, device=device
+        )
         self.scheduler = Scheduler(
             self.runner, self.model.config.eos_token_id, cfg.max_queue, cfg.weight_version
         )

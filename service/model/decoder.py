@@ -213,6 +213,7 @@ class Qwen3Model(nn.Module):
             self.lm_head.weight = self.model.embed_tokens.weight
         self.mtp = MTPHead(cfg) if cfg.num_mtp_layers > 0 else None
         self.apply(self._init_weights)
+        self._rope_table: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -223,7 +224,23 @@ class Qwen3Model(nn.Module):
         return self.model.embed_tokens(input_ids)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        """cos and signed sin [B, 1, T, D] of positions [B, T] (from the table when one is built)."""
+        if self._rope_table is None:
+            return rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        cos, sin = self._rope_table
+        return cos[positions][:, None], sin[positions][:, None]
+
+    def build_rope_table(self, num_positions: int) -> None:
+        """Precompute cos/sin of positions 0..num_positions-1 on the model's device: ``rope`` then
+        looks them up (2 ops instead of 10 per forward) with the same values, bit for bit. The
+        caller guarantees every position stays below num_positions (a serving engine's context)."""
+        device = self.lm_head.weight.device
+        table = self._rope_table
+        if table is not None and table[0].shape[0] >= num_positions and table[0].device == device:
+            return  # runners sharing the model keep the largest table
+        positions = torch.arange(num_positions, device=device)[None]
+        cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta)
+        self._rope_table = (cos[0, 0], sin[0, 0])  # [num_positions, D] each
 
     def forward(
         self,

@@ -48,8 +48,14 @@ class MTPHead(nn.Module):
         lm_head: nn.Module,
         mask: torch.Tensor | None = None,
         past: list[LayerCache] | list[PoolCache] | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> MTPOutput:
-        """token_embeds [B, T, C] (embedding of the token after h's position); hidden [B, T, C]."""
+        """token_embeds [B, T, C] (embedding of the token after h's position); hidden [B, T, C].
+
+        logits_at: [B] int64, the one step per row whose logits and hidden are wanted (the output
+        then has T = 1); None for all T. A serving engine commits several MTP entries per row but
+        drafts from the last one only, so the norm and lm_head run on one position per row.
+        """
         x = self.fc(
             torch.cat([self.pre_fc_norm_embedding(token_embeds), self.pre_fc_norm_hidden(hidden)], -1)
         )
@@ -57,6 +63,8 @@ class MTPHead(nn.Module):
         for i, layer in enumerate(self.layers):
             x, cache = layer(x, rope, mask, past[i] if past is not None else None)
             caches.append(cache)
+        if logits_at is not None:
+            x = x[torch.arange(x.shape[0], device=x.device), logits_at][:, None]  # [B, 1, C]
         return MTPOutput(logits=lm_head(self.norm(x)).float(), hidden=x, cache=caches)
 
 
