@@ -19,6 +19,7 @@ REQUIRED_ALERTS = {
     "BebopAcceptanceBelowEntropyBand",
     "BebopAcceptanceCollapseAfterReload",
     "BebopEngineDown",
+    "BebopNoHealthyEngine",
     "BebopReloadFailed",
     "BebopQueueGrowing",
     "BebopHigh5xxRate",
