@@ -20,7 +20,8 @@ deploy-tools: $(DEPLOY_VENV)/.installed
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus; } || \
 	  echo "WARNING: could not install prometheus: the tests that need it will be skipped"
 
+# The chart's SGLang flags are also parsed by SGLang itself when its venv (make sglang-venv) is there.
 deploy-check: $(VENV)/.test deploy-tools
-	$(PY) -m pytest -n 2 tests/deploy $(PYTEST_ARGS)
+	BEBOP_SGLANG_PYTHON=$(SGLANG_VENV)/bin/python $(PY) -m pytest -n 2 tests/deploy $(PYTEST_ARGS)
 
 test test-fast: deploy-tools
