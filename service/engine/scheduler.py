@@ -22,7 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from bebop.service.engine.runner import ModelRunner, SeqState, StepOutput
@@ -56,6 +56,8 @@ class Request:
     position_accepted: list[int] = field(default_factory=list)
     created: float = field(default_factory=time.monotonic)
     state: SeqState | None = None
+    # the stop string the output's text now ends in, checked after each token (None: no stop strings)
+    stop_check: Callable[[list[int]], str | None] | None = None
 
     @property
     def finished(self) -> bool:
@@ -168,31 +170,62 @@ class Scheduler:
         return self.paused_mode is None and bool(self.running or self.waiting)
 
     def _admit(self) -> None:
-        while self.waiting and self.runner.free_slots() > 0:
+        """Move waiting requests into free slots. Fresh requests whose prompts have one length (a
+        GRPO group: n samples of one prompt) are prefilled together in one forward."""
+        admitted: list[Request] = []
+        while self.waiting and len(admitted) < self.runner.free_slots():
             with self._wake:
                 req = self.waiting.popleft()
             if req.finished:
                 continue
-            remaining = req.params.max_new_tokens - len(req.output)
-            if remaining <= 0:
+            if req.params.max_new_tokens - len(req.output) <= 0:
                 self._finish(req, {"type": "length", "length": len(req.output)})
                 continue
-            try:
-                out = self._prefill(req)
-            except Exception as err:  # this request only: it is off the queue, so end it here
-                log.exception("prefill of request %s failed", req.rid)
-                self._finish(req, _engine_error(err))
+            admitted.append(req)
+        groups: dict[int, list[Request]] = {}
+        for req in admitted:
+            if req.output:  # resumed: prefilled alone, with its pending token kept
+                self._admit_one(req)
+            else:
+                groups.setdefault(len(req.prompt), []).append(req)
+        for group in groups.values():
+            if len(group) == 1:
+                self._admit_one(group[0])
                 continue
-            self.running.append(req)
-            if out is not None:
+            try:
+                pairs = self.runner.prefill_group(
+                    [r.prompt for r in group], [r.params for r in group], [r.seed for r in group]
+                )
+            except Exception:  # find the request that fails on its own; the others go on
+                log.exception("group prefill of %d requests failed; prefilling each alone", len(group))
+                for req in group:
+                    self._admit_one(req)
+                continue
+            for req, (state, out) in zip(group, pairs, strict=True):
+                req.state = state
+                self.running.append(req)
                 self._record(req, out)
+
+    def _admit_one(self, req: Request) -> None:
+        try:
+            out = self._prefill(req)
+        except Exception as err:  # this request only: it is off the queue, so end it here
+            log.exception("prefill of request %s failed", req.rid)
+            self._finish(req, _engine_error(err))
+            return
+        self.running.append(req)
+        if out is not None:
+            self._record(req, out)
 
     def _prefill(self, req: Request) -> StepOutput | None:
         """Give ``req`` a slot and its runner state; the first token's output, or None when it
         resumes (retracted, or rebuilt after a failed step) with its last token pending."""
         if req.output:  # resume exactly where it left: the same positions draw the same numbers
             context, resume = req.prompt + req.output[:-1], req.output[-1]
-            req.state, _ = self.runner.prefill(context, req.params, req.seed, resume_token=resume)
+            params = req.params  # the runner counts output tokens from the pending one
+            if params.min_new_tokens:
+                params = replace(params, min_new_tokens=max(0, params.min_new_tokens - len(req.output) + 1))
+            req.state, _ = self.runner.prefill(context, params, req.seed, resume_token=resume)
             return None
         req.state, out = self.runner.prefill(req.prompt, req.params, req.seed)
         return out
@@ -213,21 +246,33 @@ class Scheduler:
 
     def _isolate(self, batch: list[Request], err: Exception) -> None:
         """After a failed batched step, whose state may be half updated: rebuild every row from its
-        own tokens and step it alone; a row that fails alone ends with an error, the rest go on."""
+        own tokens and step it alone (the runner steps every sequence it holds, so each row is the
+        only one in it while it steps); a row that fails alone ends with an error, the rest go on
+        and are rebuilt once more to run together again."""
         for req in batch:
             self._free(req)
         self.running = [r for r in self.running if r not in batch]
+        for req in self.running:  # rows outside the batch (none in practice) wait on the queue
+            self._free(req)
+        survivors = [*self.running]
+        self.running = []
         for req in batch:
             try:
                 self._prefill(req)
                 (out,) = self.runner.step([req.state])
             except Exception as alone:
                 log.exception("request %s fails on its own", req.rid)
+                self._free(req)
                 self._finish(req, _engine_error(alone))
                 continue
-            self.running.append(req)
+            self._free(req)
             req.verify_ct += 1
             self._record(req, out)
+            if not req.finished:
+                survivors.append(req)
+        with self._wake:
+            for req in reversed(survivors):
+                self.waiting.appendleft(req)  # resumed from their tokens at the next admission
 
     def _record(self, req: Request, out: StepOutput) -> None:
         """Append a step's tokens up to the first stop condition, then notify or finish."""
@@ -246,6 +291,9 @@ class Scheduler:
             req.output.append(tok)
             req.logprobs.append(lp)
             req.entropies.append(ent)
+            if req.stop_check is not None and (matched := req.stop_check(req.output)) is not None:
+                reason = {"type": "stop", "matched": matched}
+                break
             if (tok == self.eos and not req.params.ignore_eos) or tok in req.params.stop_token_ids:
                 reason = {"type": "stop", "matched": tok}
                 break

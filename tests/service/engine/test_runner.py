@@ -87,3 +87,86 @@ def test_speculative_decoding_samples_the_models_exact_law():
             for a, b, c in outs:
                 counts[lookup.get((a * V + b) * V + c, len(ids))] += 1
         assert_counts_follow(counts.numpy(), law, f"spec={spec}")
+
+
+# ---------------------------------------------------------------------------- engine v2 regressions
+def decode(runner, states, outs, n_tokens):
+    """Step every running sequence until each of ``states`` has ``n_tokens`` tokens."""
+    while min(len(o) for o in outs) < n_tokens:
+        for out, step in zip(outs, runner.step(states), strict=True):
+            out += step.tokens
+    return [o[:n_tokens] for o in outs]
+
+
+@pytest.mark.parametrize("spec", ["target_only", "rejection"])
+def test_a_row_near_its_context_end_survives_a_long_prompt_joining(model, spec):
+    """A newly admitted prompt used to pad every row's pending MTP pairs to its length, and the
+    KV write of an old row near the end of its slot overflowed: the whole batch was aborted."""
+    runner = ModelRunner(model, 2, 40, spec, 3)
+    params = SamplingParams(temperature=1.0, max_new_tokens=1000)
+    old, _ = runner.prefill([5] * 34, params, seed=1)
+    while old.position < 37:
+        runner.step([old])
+    new, _ = runner.prefill(list(range(3, 23)), params, seed=2)  # 20 tokens
+    outputs = runner.step([old, new])
+    assert all(len(o.tokens) >= 1 for o in outputs)
+
+
+@pytest.mark.parametrize("spec", ["none", "rejection"])
+def test_tokens_do_not_depend_on_the_neighbours_sampling_params(model, spec):
+    plain = SamplingParams(temperature=1.0)
+    runner = ModelRunner(model, 1, 64, spec, 3)
+    state, first = runner.prefill([5, 6, 7], plain, seed=11)
+    alone = decode(runner, [state], [list(first.tokens)], 20)[0]
+
+    runner = ModelRunner(model, 3, 64, spec, 3)
+    states, outs = [], []
+    for prompt, params, seed in [
+        ([9, 9], SamplingParams(temperature=0.8, top_k=3), 3),
+        ([5, 6, 7], plain, 11),
+        ([1, 2, 3, 4], SamplingParams(temperature=1.2, top_p=0.5), 4),
+    ]:
+        state, first = runner.prefill(prompt, params, seed)
+        states.append(state)
+        outs.append(list(first.tokens))
+    assert decode(runner, states, outs, 20)[1] == alone
+
+
+def test_tiny_temperatures_decode_like_greedy(model):
+    greedy = generate(model, "rejection", [[5, 6, 7]], [1], 16, temperature=0.0)
+    assert generate(model, "rejection", [[5, 6, 7]], [1], 16, temperature=1e-38) == greedy
+    assert generate(model, "none", [[5, 6, 7]], [1], 16, temperature=1e-30) == greedy
+
+
+@pytest.mark.parametrize("spec", ["none", "rejection"])
+def test_a_group_prefill_gives_each_row_its_own_tokens(model, spec):
+    params = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=5)]
+    prompts, seeds = [[5, 6, 7], [8, 9, 10]], [11, 12]
+    runner = ModelRunner(model, 2, 64, spec, 3)
+    pairs = runner.prefill_group(prompts, params, seeds)
+    grouped = decode(runner, [s for s, _ in pairs], [list(o.tokens) for _, o in pairs], 16)
+    for k in range(2):
+        solo = ModelRunner(model, 1, 64, spec, 3)
+        state, first = solo.prefill(prompts[k], params[k], seeds[k])
+        assert decode(solo, [state], [list(first.tokens)], 16)[0] == grouped[k]
+
+
+def test_sequences_keep_their_tokens_when_the_pool_compacts(model):
+    """Releasing a sequence moves the last one into its slot; every survivor goes on as if alone."""
+    runner = ModelRunner(model, 3, 64, "rejection", 3)
+    params = SamplingParams(temperature=1.0)
+    states, outs = [], []
+    for k in range(3):
+        state, first = runner.prefill([5 + k, 6, 7], params, seed=k)
+        states.append(state)
+        outs.append(list(first.tokens))
+    decode(runner, states, outs, 6)
+    runner.release(states[0])  # states[2] moves into slot 0
+    assert states[2].slot == 0 and runner.running == 2
+    survivors = decode(runner, states[1:], outs[1:], 24)
+    for k in (1, 2):
+        solo = ModelRunner(model, 1, 64, "rejection", 3)
+        state, first = solo.prefill([5 + k, 6, 7], params, seed=k)
+        assert decode(solo, [state], [list(first.tokens)], 24)[0] == survivors[k - 1]
+    with pytest.raises(ValueError, match="every running sequence"):
+        runner.step(states[1:2])

@@ -1,8 +1,9 @@
 """The scheduler under failures: a request that breaks a prefill or a step ends alone, with an error;
 every other request keeps decoding, and no request is left without a final event.
 
-The runner is a stand-in with the real runner's interface (prefill, step, release, free_slots):
-it emits token ``position % 7`` and raises for any sequence whose prompt starts with POISON.
+The runner is a stand-in with the real runner's interface (prefill, prefill_group, step, release,
+free_slots): it emits token ``position % 7`` and raises for any sequence whose prompt starts with
+POISON; like the real one, a failing group prefill takes no slot.
 """
 
 import threading
@@ -37,10 +38,15 @@ class FakeRunner:
             self.poisoned.add(slot)
         n = len(prompt)
         token = resume_token if resume_token is not None else n % 7
-        state = SeqState(slot=slot, params=params, seed=seed, pending=token, position=n)
+        state = SeqState(slot=slot, params=params, seed=seed, position=n)
         return state, StepOutput(
             tokens=[] if resume_token is not None else [token], logprobs=[0.0], entropies=[0.0]
         )
+
+    def prefill_group(self, prompts, params, seeds):
+        if any(p[0] == POISON for p in prompts) and self.fail_in == "prefill":
+            raise OverflowError("Python int too large to convert to C long")
+        return [self.prefill(p, q, s) for p, q, s in zip(prompts, params, seeds, strict=True)]
 
     def step(self, states):
         if any(s.slot in self.poisoned for s in states):
@@ -48,8 +54,7 @@ class FakeRunner:
         outs = []
         for s in states:
             s.position += 1
-            s.pending = s.position % 7
-            outs.append(StepOutput(tokens=[s.pending], logprobs=[0.0], entropies=[0.0]))
+            outs.append(StepOutput(tokens=[s.position % 7], logprobs=[0.0], entropies=[0.0]))
         return outs
 
 
