@@ -82,3 +82,34 @@ clean:
 
 # Deployment: make deploy-tools, make deploy-check (Docker images, compose, Helm chart, Prometheus, Grafana).
 include deploy/deploy.mk
+
+# Load tests (loadtest/): locust lives in its own venv, as its dependencies (gevent, flask) are its own.
+LOCUST_VENV := .cache/locust-venv
+LOCUST_VERSION := 2.47.0
+LOADTEST_ARGS ?=
+
+$(LOCUST_VENV)/.complete:
+	$(PYTHON) -m venv $(LOCUST_VENV)
+	$(LOCUST_VENV)/bin/python -m pip --disable-pip-version-check -q install locust==$(LOCUST_VERSION)
+	@touch $@
+
+.PHONY: locust-venv loadtest-smoke loadtest loadtest-faults loadtest-soak
+locust-venv: $(LOCUST_VENV)/.complete
+
+# Headless, 30 s of every user kind against `bebop serve --engines 1` on loopback; non-zero on any
+# failed request, lost sample or counter left above zero (part of CI: .ci/run).
+loadtest-smoke: $(VENV)/.test $(LOCUST_VENV)/.complete
+	OMP_NUM_THREADS=1 $(PY) loadtest/run.py smoke --locust $(LOCUST_VENV)/bin/locust $(LOADTEST_ARGS)
+
+# The full run (2 engines, 32 users, 5 minutes): CSVs and report in .cache/loadtest/full/.
+loadtest: $(VENV)/.test $(LOCUST_VENV)/.complete
+	OMP_NUM_THREADS=1 $(PY) loadtest/run.py full --locust $(LOCUST_VENV)/bin/locust $(LOADTEST_ARGS)
+
+# Each fault scenario in turn (kill an engine, reload storm, corrupt checkpoint, slow engine).
+loadtest-faults: $(VENV)/.test $(LOCUST_VENV)/.complete
+	for s in kill-engine reload-storm corrupt-checkpoint slow-engine; do \
+	  OMP_NUM_THREADS=1 $(PY) loadtest/run.py $$s --locust $(LOCUST_VENV)/bin/locust $(LOADTEST_ARGS) || exit 1; done
+
+# At least 10,000 rollouts; fails when any process's RSS grows 10% or more after warm-up.
+loadtest-soak: $(VENV)/.test $(LOCUST_VENV)/.complete
+	OMP_NUM_THREADS=1 $(PY) loadtest/run.py soak --rollouts 10000 --locust $(LOCUST_VENV)/bin/locust $(LOADTEST_ARGS)
