@@ -5,19 +5,24 @@ overrides a real install uses; then what the issue asks of the objects, asserted
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import json
 import os
 import re
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
 from bebop.service.cli import build_parser
 from tests.deploy.conftest import CHART, REPO, deploy_tool, run
 from tests.deploy.promql import DASHBOARD, RULES
+from tests.procs import BEBOP, free_port
 
 RELEASE, NAMESPACE, KUBE_VERSION = "bebop", "bebop", "1.30.0"
 SCENARIOS = {
@@ -507,3 +512,33 @@ def test_sglang_parses_the_chart_flags(rendered):
     r = run([python, "-c", script, *args], timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [2, True, "engine-token-for-the-test"]
+
+
+def test_engine_probe_commands_work_against_a_real_engine(rendered):
+    """The exec probes, run as the kubelet would run them, against a real `bebop engine` that
+    requires a token: they pass with the pod's token and fail without it."""
+    c = container(one(rendered, "default", "StatefulSet"), "engine")
+    port = free_port()
+    token = "engine-token-for-the-probe-test"
+    env = {**os.environ, "BEBOP_ENGINE_TOKEN": token}
+    probes = {k: c[f"{k}Probe"]["exec"]["command"] for k in ("startup", "readiness")}
+    engine = [BEBOP, "engine", "--port", str(port)]
+    with subprocess.Popen(engine, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as proc:
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                assert proc.poll() is None and time.monotonic() < deadline, "the engine did not start"
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                        break
+                time.sleep(0.2)
+            for kind, command in probes.items():
+                command = [
+                    a.replace(f"127.0.0.1:{c['ports'][0]['containerPort']}", f"127.0.0.1:{port}")
+                    for a in command
+                ]
+                assert run(command, env=env, timeout=60).returncode == 0, kind
+                wrong = {**env, "BEBOP_ENGINE_TOKEN": "not-the-engine-token"}
+                assert run(command, env=wrong, timeout=60).returncode != 0, kind
+        finally:
+            proc.terminate()
