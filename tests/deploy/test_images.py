@@ -169,6 +169,12 @@ def test_gateway_runs_without_torch_or_model_code():
             time.sleep(0.2)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 503  # no engine
         assert "bebop_engine_healthy" in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        # the image's own HEALTHCHECK command, pointed at this gateway
+        check = next(a for i, a in _instructions(DEPLOY / "Dockerfile.gateway") if i == "HEALTHCHECK")
+        command = yaml.safe_load(check.split(" CMD ", 1)[1])
+        command = [a.replace("127.0.0.1:8000", f"127.0.0.1:{port}") for a in command]
+        command[0] = sys.executable
+        assert run(command, timeout=30).returncode == 0
     finally:
         proc.terminate()
         proc.wait(timeout=15)
