@@ -52,11 +52,12 @@ def run_config(
     new_tokens: int,
     draft_steps: int,
     device: torch.device | None = None,
+    cuda_graphs: bool | None = None,
 ) -> dict:
     """Decode every prompt to EOS or ``new_tokens``, ``batch`` at a time (a finished row's place is
     refilled at once, as in the scheduler); tokens/s over the whole workload."""
     max_len = max(len(p) for p in prompts) + new_tokens + 8
-    runner = ModelRunner(model, batch, max_len, spec, draft_steps, device=device)
+    runner = ModelRunner(model, batch, max_len, spec, draft_steps, device=device, cuda_graphs=cuda_graphs)
     params = SamplingParams(temperature=temperature, max_new_tokens=new_tokens)
     eos = model.config.eos_token_id
     todo = list(enumerate(prompts))
@@ -216,6 +217,7 @@ def run_engine_bench(
     draft_steps: int = 3,
     with_hf: bool = True,
     device: str | torch.device | None = None,
+    cuda_graphs: bool | None = None,
 ) -> dict:
     device = torch.device(device) if device is not None else default_device()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -226,9 +228,10 @@ def run_engine_bench(
         components[f"b{batch}"] = component_times(model, batch, draft_steps, device=device)
         for temperature in temperatures:
             for spec in SPECS:
-                run_config(model, spec, prompts[:2], batch, temperature, 8, draft_steps, device)  # warm-up
+                config = (batch, temperature)
+                run_config(model, spec, prompts[:2], *config, 8, draft_steps, device, cuda_graphs)  # warm-up
                 rows.append(
-                    run_config(model, spec, prompts, batch, temperature, new_tokens, draft_steps, device)
+                    run_config(model, spec, prompts, *config, new_tokens, draft_steps, device, cuda_graphs)
                 )
             if with_hf:
                 for assisted in (False, True):
@@ -255,6 +258,7 @@ def run_engine_bench(
     return {
         "model": str(model_dir),
         "device": _device_name(device),
+        "cuda_graphs": device.type == "cuda" and cuda_graphs is not False,
         "new_tokens": new_tokens,
         "draft_steps": draft_steps,
         "rows": rows,
