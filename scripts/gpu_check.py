@@ -16,7 +16,7 @@ Each part is timed and guarded on its own, so one failure still leaves the other
               CUDA graphs and CPU against CUDA (token agreement), then ``bebop bench engine
               --device cuda`` (components, ceiling, efficiency) with and without CUDA graphs
 
-Writes OUT_DIR/gpu_check.json and prints it.
+Writes OUT_DIR/gpu_check.json and prints it. GPU_CHECK_PARTS=env,engine (say) runs only those parts.
 """
 
 from __future__ import annotations
@@ -193,12 +193,11 @@ def main() -> int:
     os.environ.pop("TRITON_INTERPRET", None)
     import_bebop_from_checkout()
     report: dict = {}
-    for name, part in [
-        ("env", part_env),
-        ("kernels", part_kernels),
-        ("bench_kernels", part_bench_kernels),
-        ("engine", part_engine),
-    ]:
+    chosen = os.environ.get("GPU_CHECK_PARTS", "env,kernels,bench_kernels,engine").split(",")
+    parts = [("env", part_env), ("kernels", part_kernels), ("bench_kernels", part_bench_kernels)]
+    for name, part in [*parts, ("engine", part_engine)]:
+        if name not in chosen:
+            continue
         started = time.time()
         try:
             report[name] = part()

@@ -11,6 +11,29 @@ MAX_TEMPERATURE = 100.0  # flatter than uniform to float32 precision; larger is 
 TOP_K_LIMIT = (1 << 31) - 1  # SGLang keeps top_k in int32 tensors; a top_k >= the vocabulary means "off"
 MAX_STOP_TOKEN_IDS = 1024
 SEED_RANGE = (-(1 << 63), 1 << 63)  # the counter RNG keys on an int64 seed
+MAX_STOP_STRINGS = 32  # SGLang 0.5.23's MAX_STOP_COUNT (sampling/sampling_params.py)
+MAX_STOP_STRING_CHARS = 1024  # a stop string is matched on a decoded tail window this long
+MAX_LOGIT_BIAS = 1e4  # beyond this a bias already makes a token certain or impossible in float32
+# Fields SGLang 0.5.23 accepts that change nothing here (stream_interval: this engine streams once a
+# step; custom_params: free-form, read by custom logit processors, which this engine has none of).
+ACCEPTED_NO_EFFECT = ("stream_interval", "custom_params")
+# Fields SGLang 0.5.23 accepts that this engine refuses unless they hold their neutral value: each
+# would change the law or the request's shape in a way the engine does not implement. The values are
+# the neutral ones (None: absent or empty).
+REFUSED_UNLESS_NEUTRAL = {
+    # history-dependent penalties: exact speculative verification needs per-draft-position token counts
+    "frequency_penalty": 0.0,
+    "presence_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "n": 1,  # send n requests (or use the gateway's rollouts with "n")
+    "beam_width": None,
+    "json_schema": None,
+    "regex": None,
+    "ebnf": None,
+    "structural_tag": None,
+    "stop_regex": None,
+    "watermark": None,
+}
 
 
 class BadRequest(ValueError):
@@ -45,7 +68,9 @@ def _number(name: str, value: object, lo: float, hi: float) -> float:
 
 @dataclass
 class SamplingParams:
-    """SGLang 0.5.23 field names; unknown fields are ignored, bad values refused."""
+    """SGLang 0.5.23 field names and bounds (``sglang/srt/sampling/sampling_params.py``). As in
+    SGLang, an unknown field is refused; so is a known field this engine cannot honour exactly
+    (``REFUSED_UNLESS_NEUTRAL``), by name. Bad values are refused."""
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -54,6 +79,18 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     sampling_seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # stop strings, matched on the decoded output
+    min_p: float = 0.0  # drop tokens whose probability is below min_p times the top token's
+    min_new_tokens: int = 0  # EOS and stop_token_ids cannot be sampled before this many tokens
+    logit_bias: dict[int, float] = field(default_factory=dict)  # added to the logits, by token id
+    skip_special_tokens: bool = True  # these three shape ``text`` only
+    spaces_between_special_tokens: bool = True
+    no_stop_trim: bool = False
+
+    @property
+    def changes_logits(self) -> bool:
+        """Whether the law needs ``logit_processors`` (the runner's fast path skips them otherwise)."""
+        return bool(self.logit_bias) or self.min_p > 0 or self.min_new_tokens > 0
 
     @classmethod
     def from_dict(cls, raw: dict | None, vocab_size: int) -> SamplingParams:
@@ -61,7 +98,26 @@ class SamplingParams:
         raw = raw or {}
         if not isinstance(raw, dict):
             raise BadRequest("sampling_params must be an object")
-        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw and raw[k] is not None}
+        fields = cls.__dataclass_fields__
+        unknown = sorted(k for k in raw if k not in fields and k not in REFUSED_UNLESS_NEUTRAL)
+        unknown = [k for k in unknown if k not in ACCEPTED_NO_EFFECT]
+        if unknown:
+            raise BadRequest(f"sampling_params has unknown field(s) {unknown[:8]} (SGLang refuses them too)")
+        for name, neutral in REFUSED_UNLESS_NEUTRAL.items():
+            value = raw.get(name)
+            if value is None or value == neutral or (neutral is None and value in ("", [], {})):
+                continue
+            if isinstance(value, bool) or (neutral is not None and not isinstance(value, (int, float))):
+                raise BadRequest(f"sampling_params.{name} has a value of the wrong type: {value!r}")
+            raise BadRequest(
+                f"sampling_params.{name} is not supported by this engine (only {neutral!r}), got "
+                f"{str(value)[:80]}"
+            )
+        if raw.get("custom_params") is not None and not isinstance(raw["custom_params"], dict):
+            raise BadRequest("sampling_params.custom_params must be an object")
+        if raw.get("stream_interval") is not None:
+            _integer("stream_interval", raw["stream_interval"], 1, MAX_NEW_TOKENS_LIMIT)
+        known = {k: raw[k] for k in fields if k in raw and raw[k] is not None}
         params = cls()
         if "temperature" in known:
             params.temperature = _number("temperature", known["temperature"], 0.0, MAX_TEMPERATURE)
@@ -78,12 +134,46 @@ class SamplingParams:
             if not isinstance(stops, list) or len(stops) > MAX_STOP_TOKEN_IDS:
                 raise BadRequest(f"stop_token_ids must be a list of at most {MAX_STOP_TOKEN_IDS} token ids")
             params.stop_token_ids = [_integer("stop_token_ids", t, -(1 << 63), 1 << 63) for t in stops]
-        if "ignore_eos" in known:
-            if not isinstance(known["ignore_eos"], bool):
+        for flag in ("ignore_eos", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim"):
+            if flag in known:
+                if not isinstance(known[flag], bool):
+                    raise BadRequest(f"sampling_params.{flag} has a value of the wrong type: {known[flag]!r}")
+                setattr(params, flag, known[flag])
+        if "stop" in known:
+            stop = [known["stop"]] if isinstance(known["stop"], str) else known["stop"]
+            if not (isinstance(stop, list) and all(isinstance(x, str) for x in stop)):
+                raise BadRequest("sampling_params.stop must be a string or a list of strings")
+            if len(stop) > MAX_STOP_STRINGS or any(len(x) > MAX_STOP_STRING_CHARS for x in stop):
                 raise BadRequest(
-                    f"sampling_params.ignore_eos has a value of the wrong type: {known['ignore_eos']!r}"
+                    f"sampling_params.stop: at most {MAX_STOP_STRINGS} strings of at most "
+                    f"{MAX_STOP_STRING_CHARS} characters"
                 )
-            params.ignore_eos = known["ignore_eos"]
+            if any(_has_lone_surrogate(x) for x in stop):
+                raise BadRequest("sampling_params.stop holds a lone surrogate, which is not Unicode text")
+            params.stop = [x for x in stop if x]  # an empty stop string never ends anything (SGLang)
+        if "min_p" in known:
+            params.min_p = _number("min_p", known["min_p"], 0.0, 1.0)
+        if "min_new_tokens" in known:
+            params.min_new_tokens = _integer(
+                "min_new_tokens", known["min_new_tokens"], 0, MAX_NEW_TOKENS_LIMIT
+            )
+        if "logit_bias" in known:
+            bias = known["logit_bias"]
+            if not isinstance(bias, dict) or len(bias) > vocab_size:
+                raise BadRequest("sampling_params.logit_bias must be an object {token id: bias}")
+            params.logit_bias = {}
+            for key, value in bias.items():
+                try:
+                    token = int(key)
+                except ValueError:
+                    raise BadRequest(
+                        f"sampling_params.logit_bias key {key[:20]!r} is not a token id"
+                    ) from None
+                if not 0 <= token < vocab_size:
+                    raise BadRequest(
+                        f"sampling_params.logit_bias keys must be in [0, {vocab_size - 1}], got {token}"
+                    )
+                params.logit_bias[token] = _number("logit_bias", value, -MAX_LOGIT_BIAS, MAX_LOGIT_BIAS)
         if "sampling_seed" in known:
             params.sampling_seed = _integer(
                 "sampling_seed", known["sampling_seed"], SEED_RANGE[0], SEED_RANGE[1] - 1
@@ -104,6 +194,13 @@ class SamplingParams:
             raise BadRequest(
                 f"max_new_tokens must be in [0, {MAX_NEW_TOKENS_LIMIT}], got {self.max_new_tokens}"
             )
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise BadRequest(
+                f"min_new_tokens must be in [0, max_new_tokens ({self.max_new_tokens})], got "
+                f"{self.min_new_tokens}"
+            )
+        if not 0.0 <= self.min_p <= 1.0:
+            raise BadRequest(f"min_p must be in [0, 1], got {self.min_p}")
         bad = [t for t in self.stop_token_ids if not 0 <= t < vocab_size]
         if bad:
             raise BadRequest(f"stop_token_ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")
@@ -165,3 +262,11 @@ def _filtered_out(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     before = probs_sorted.cumsum(-1) - probs_sorted
     drop_sorted |= (before >= top_p[:, None]) & (top_p[:, None] < 1)
     return torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """Laws and sampling parameters are used where no web stack is installed (training, the GPU
+    check), so the HTTP edge's helper is imported only when text is checked."""
+    from ..httpguard import has_lone_surrogate
+
+    return has_lone_surrogate(text)
