@@ -53,6 +53,15 @@ class WeightReceiver:
             self.group_name = group_name
             self.backend = backend
 
+    def destroy_group(self, group_name: str) -> None:
+        """Leave the group joined by ``init_group`` (SGLang's /destroy_weights_update_group)."""
+        with self.lock:
+            if self.group_name is None or group_name != self.group_name:
+                raise ValueError(f"no weight update group named {group_name!r} to destroy")
+            if dist.is_initialized():
+                dist.destroy_process_group()
+            self.group_name = self.backend = None
+
     def receive(
         self, names: list[str], dtypes: list[str], shapes: list[list[int]], group_name: str, model: Qwen3Model
     ) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ the rest of the batch. On CUDA the Triton kernels draw (``sample_from_probs``,
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -32,13 +33,19 @@ import torch
 from bebop.kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, draw_from_probs, sample_from_probs
 from bebop.kernels.rng import uniform_table
 from bebop.service.engine.kv_pool import SlotPool, prefix_mask
+from bebop.service.engine.logit_processors import SlotProcessors
 from bebop.service.engine.sampling import GREEDY_TEMPERATURE, SamplingParams, target_probs
 from bebop.service.model import Qwen3Model
+
+log = logging.getLogger(__name__)
 
 SPEC_MODES = ("none", "target_only", "rejection")
 # Positions of counter-RNG uniforms the CPU path keeps per sequence: a Philox call costs ~0.3 ms in
 # per-call overhead whatever its size, so one call every RNG_WINDOW positions replaces three a step.
 RNG_WINDOW = 128
+# Batch sizes a CUDA graph is captured for; a batch runs in the smallest bucket that holds it (the
+# extra rows are free slots, reset before each replay), as SGLang's cuda_graph_bs list does.
+CUDA_GRAPH_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 
 @dataclass
@@ -78,6 +85,8 @@ class ModelRunner:
         spec: str = "rejection",
         draft_steps: int = 3,
         device: torch.device | str | None = None,
+        cuda_graphs: bool | None = None,
+        static_shapes: bool = False,
     ):
         if spec not in SPEC_MODES:
             raise ValueError(f"spec must be one of {SPEC_MODES}, got {spec!r}")
@@ -121,10 +130,21 @@ class ModelRunner:
             self.draft_table = torch.zeros(S, RNG_WINDOW, dtype=torch.float64)
             self._slot_tensors += [self.rng_base, self.coin_table, self.sample_table, self.draft_table]
         self._filtered = [False] * S  # host flags: the slot's request uses top-k or top-p
+        self.procs = SlotProcessors(S, cfg.vocab_size, dev, cfg.eos_token_id)  # logit_bias, min_p, ...
         self._greedy = [False] * S
         self._owner: list[SeqState | None] = [None] * S
         self._arange = torch.arange(max(entries, S), device=dev)
         self._no_rows = torch.zeros(0, dtype=torch.int64, device=dev)
+        # CUDA graphs (default on CUDA): a step's launches are replayed as one graph per
+        # (batch bucket, filtered?, greedy?); attention then spans the whole slot (fixed shapes).
+        self.cuda_graphs = self._on_cuda if cuda_graphs is None else cuda_graphs
+        if self.cuda_graphs and not self._on_cuda:
+            raise ValueError("cuda_graphs needs the runner on a CUDA device")
+        # static_shapes runs, eagerly, exactly what a graph replays (bucket rows, whole-slot span):
+        # how the CPU tests check the graphs' semantics
+        self.static_shapes = static_shapes or self.cuda_graphs
+        self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, tuple]] = {}
+        self._graph_pool = None
         model.build_rope_table(entries + G + 2)  # every position a step can reach
 
     # ------------------------------------------------------------------ admission
@@ -147,13 +167,16 @@ class ModelRunner:
             for t in self._slot_tensors:
                 t[slot] = t[moved]
             self._filtered[slot], self._greedy[slot] = self._filtered[moved], self._greedy[moved]
+            self.procs.move(slot, moved)
             owner = self._owner[moved]
             assert owner is not None
             owner.slot = slot
             self._owner[slot] = owner
         else:
             self._owner[slot] = None
+            self.procs.move(slot, None)
         self._owner[self.kv.active] = None
+        self._filtered[self.kv.active] = self._greedy[self.kv.active] = False  # a free row is plain
 
     @torch.no_grad()
     def prefill(
@@ -221,13 +244,14 @@ class ModelRunner:
             self.top_k[slot], self.top_p[slot] = prm.top_k, prm.top_p
             self._greedy[slot] = prm.temperature < GREEDY_TEMPERATURE
             self._filtered[slot] = 0 < prm.top_k < self.vocab_size or prm.top_p < 1
+            self.procs.admit(slot, prm, n)
         if not self._on_cuda:
             self._refill_rng(self._arange[rows], torch.full((R,), n))
         ids = torch.tensor(prompts, device=dev)  # [R, n]
         index = self._arange[:n].expand(R, n)  # positions, and the entries they are written to
         start = self._arange[:R] * 0
         out = self.model(ids, index, prefix_mask(start, n, n), self.kv.views(rows, index, n))
-        probs = self._laws(out.logits[:, -1:], rows)[:, 0]  # [R, V]
+        probs = self._laws(out.logits[:, -1:], rows, torch.full((R,), n, device=dev))[:, 0]  # [R, V]
         if resume_tokens is not None:
             tokens = torch.tensor(resume_tokens, device=dev)
         elif self._on_cuda:
@@ -264,21 +288,68 @@ class ModelRunner:
             raise ValueError(f"step() takes every running sequence ({B}), got {len(states)}")
         if not self._on_cuda:
             self._refresh_rng(B)
-        tokens, logprobs, entropy, accepted = self._spec_step(B) if self.G else self._plain_step(B)
+        tokens, logprobs, entropy, accepted = self._run(B)
         outputs = _outputs(tokens, logprobs, entropy, self.G, accepted)
         for s in states:
             s.position += len(outputs[s.slot].tokens)
         return [outputs[s.slot] for s in states]
 
-    def _plain_step(self, B: int):
-        """Decode one token for rows 0..B-1: ([B, 1] tokens, [B, 1] log-probs, [B, 1] entropy, None)."""
+    def _run(self, B: int) -> tuple:
+        """The step's tensors for rows 0..B-1: eager, or the replay of a captured CUDA graph."""
+        core = self._spec_step if self.G else self._plain_step
+        if not self.static_shapes:
+            return core(B)
+        bucket = min([b for b in CUDA_GRAPH_BUCKETS if b >= B] or [self.kv.capacity])
+        bucket = min(bucket, self.kv.capacity)
+        self.position[B:bucket] = 0  # free rows compute harmlessly in their own slots
+        self.n_pend[B:bucket] = 1
+        if not self._on_cuda:
+            self.rng_base[B:bucket] = 1  # their table reads start at entry 0
+        if not self.cuda_graphs:
+            return tuple(None if t is None else t[:B] for t in core(bucket, self.kv.max_len))
+        rows = slice(0, bucket)
+        key = (bucket, any(self._filtered[rows]), any(self._greedy[rows]), self.procs.any(rows))
+        if key not in self._graphs:
+            try:
+                self._graphs[key] = self._capture(bucket)
+            except Exception:  # a capture failure must not take serving down: decode eagerly
+                log.exception("CUDA graph capture failed for batch %d; running without graphs", bucket)
+                self.cuda_graphs = self.static_shapes = False
+                return self._run(B)
+        graph, outputs = self._graphs[key]
+        graph.replay()
+        return tuple(None if t is None else t[:B] for t in outputs)
+
+    def _capture(self, bucket: int) -> tuple:
+        """Capture one step of ``bucket`` rows; a warm-up run first (Triton compiles, the allocator
+        settles), whose state changes are undone (its KV writes lie past every row's length)."""
+        state = [self.position, self.pending, self.pend_hidden, self.pend_tokens, self.n_pend]
+        saved = [t[:bucket].clone() for t in state]
+        span = self.kv.max_len
+        core = self._spec_step if self.G else self._plain_step
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            core(bucket, span)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        for t, copy in zip(state, saved, strict=True):
+            t[:bucket] = copy
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            outputs = core(bucket, span)  # recorded, not run
+        self._graph_pool = graph.pool()
+        return graph, outputs
+
+    def _plain_step(self, B: int, span: int | None = None):
+        """Decode one token for rows 0..B-1: ([B, 1] tokens, [B, 1] log-probs, [B, 1] entropy, None).
+        span: entries attended per row (None: the batch's longest row; fixed under CUDA graphs)."""
         rows = slice(0, B)
         t = self.position[:B].clone()  # [B]
-        span = int(t.max()) + 1
+        span = span or int(t.max()) + 1
         out = self.model(
             self.pending[:B, None], t[:, None], prefix_mask(t, 1, span), self.kv.views(rows, t[:, None], span)
         )
-        probs = self._laws(out.logits, rows)  # [B, 1, V]
+        probs = self._laws(out.logits, rows, t + 1)  # [B, 1, V]
         if self._on_cuda:
             token = sample_from_probs(probs[:, 0], self.seed[:B], t + 1, slot=SLOT_SAMPLE, validate=False)
         else:
@@ -287,20 +358,20 @@ class ModelRunner:
         self.pending[:B] = token
         return token[:, None], probs.gather(2, token[:, None, None])[..., 0].log(), _entropy(probs), None
 
-    def _spec_step(self, B: int):
+    def _spec_step(self, B: int, span: int | None = None):
         """Draft G tokens per row, verify them in one target forward, accept by chain rejection
         sampling: ([B, G+1] tokens (-1 after the emitted ones), [B, G+1] log-probs, [B, G+1]
         target entropy, [B] accepted drafts)."""
         G, rows = self.G, slice(0, B)
         t = self.position[:B].clone()  # [B]
         seeds = self.seed[:B]
-        span = int(t.max()) + 2 * G  # see the slack in __init__
+        span = span or int(t.max()) + 2 * G  # see the slack in __init__
         drafts, draft_laws = self._draft(B, t, seeds, span)  # [B, G], [B, G, V]
 
         index = t[:, None] + self._arange[: G + 1]  # [B, G+1]: positions and target entries
         ids = torch.cat([self.pending[:B, None], drafts], 1)
         out = self.model(ids, index, prefix_mask(t, G + 1, span), self.kv.views(rows, index, span))
-        probs = self._laws(out.logits, rows)  # [B, G+1, V]
+        probs = self._laws(out.logits, rows, t + 1)  # [B, G+1, V]
         uniforms = {}
         if not self._on_cuda:  # the counter RNG's own numbers, read from the table
             coins, finals = (
@@ -346,7 +417,7 @@ class ModelRunner:
             uniforms = self._uniforms(self.draft_table, B, t, G)  # [B, G]
         drafts, laws = [], []
         for k in range(1, G + 1):
-            law = self._laws(logits[:, None], rows)[:, 0]  # [B, V]
+            law = self._laws(logits[:, None], rows, t + k)[:, 0]  # [B, V]
             if self.spec != "rejection":
                 draft = law.argmax(-1)
             elif self._on_cuda:
@@ -370,21 +441,28 @@ class ModelRunner:
         return torch.stack(drafts, 1), torch.stack(laws, 1)
 
     # ------------------------------------------------------------------ laws and draws
-    def _laws(self, logits: torch.Tensor, rows: slice) -> torch.Tensor:
-        """[R, T, V] logits of the slots in ``rows`` -> their requests' laws, same shape."""
+    def _laws(self, logits: torch.Tensor, rows: slice, positions: torch.Tensor) -> torch.Tensor:
+        """[R, T, V] logits of the slots in ``rows`` -> their requests' laws, same shape;
+        positions [R]: the absolute position whose token logits[:, 0] predicts."""
         R, T, V = logits.shape
         temperature, top_k, top_p = self.temperature[rows], self.top_k[rows], self.top_p[rows]
         if T > 1:
             temperature = temperature.repeat_interleave(T)
             top_k, top_p = top_k.repeat_interleave(T), top_p.repeat_interleave(T)
         filter_rows = self._no_rows
-        if any(self._filtered[rows]):  # only then build the index of the rows to sort
+        if any(self._filtered[rows]) and self.cuda_graphs:  # a captured graph has fixed shapes
+            filter_rows = torch.arange(R * T, device=self.device)
+        elif any(self._filtered[rows]):  # only then build the index of the rows to sort
             first = rows.start or 0
             flagged = [r - first for r in range(first, rows.stop) if self._filtered[r]]
             filter_rows = torch.tensor([r * T + j for r in flagged for j in range(T)], device=self.device)
         any_greedy = any(self._greedy[rows])
         flat = logits.reshape(R * T, V).float()
-        return target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy).view(R, T, V)
+        if not self.procs.any(rows):
+            return target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy).view(R, T, V)
+        flat = self.procs.apply_logits(flat, rows, T, positions)
+        probs = target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy)
+        return self.procs.apply_probs(probs, rows, T).view(R, T, V)
 
     def _refill_rng(self, slots: torch.Tensor, start: torch.Tensor) -> None:
         """Tables of the slots [R] for positions start [R] onwards (CPU path)."""

@@ -54,6 +54,7 @@ class Request:
     drafts_accepted: int = 0
     position_reached: list[int] = field(default_factory=list)  # per draft position
     position_accepted: list[int] = field(default_factory=list)
+    accept_histogram: list[int] = field(default_factory=list)  # verify steps by accepted drafts
     created: float = field(default_factory=time.monotonic)
     state: SeqState | None = None
     # the stop string the output's text now ends in, checked after each token (None: no stop strings)
@@ -285,6 +286,9 @@ class Scheduler:
             for k in range(min(out.drafts_accepted + 1, G)):
                 req.position_reached[k] += 1
                 req.position_accepted[k] += int(k < out.drafts_accepted)
+            hist = req.accept_histogram
+            hist.extend([0] * (out.drafts_accepted + 1 - len(hist)))
+            hist[out.drafts_accepted] += 1
         start = len(req.output)
         reason = None
         for tok, lp, ent in zip(out.tokens, out.logprobs, out.entropies, strict=True):

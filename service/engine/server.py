@@ -37,6 +37,7 @@ from bebop.service.engine.metrics import EngineMetrics
 from bebop.service.engine.runner import ModelRunner, default_device
 from bebop.service.engine.sampling import BadRequest, SamplingParams
 from bebop.service.engine.scheduler import Overloaded, Request, Scheduler
+from bebop.service.engine.stops import StopStrings, hold_back, trim_text
 from bebop.service.engine.weights import load_checked_state
 from bebop.service.httpguard import (
     LOOPBACK,
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 MAX_PROMPTS = 4096  # prompts in one /generate batch (the gateway's limit per rollout)
 MAX_WEIGHT_VERSION_CHARS = 128
 MAX_TENSOR_DIMS = 8
+WEIGHT_SELECTORS = ("target", "draft", "all")  # SGLang 0.5.23's BeginWeightUpdateReqInput.selector
 SHUTDOWN_GRACE_S = 5  # SIGTERM: requests get this long to finish, then the process exits anyway
 GENERATE_DOC = {
     "requestBody": {
@@ -155,6 +157,10 @@ class Engine:
         self.io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="bebop-weights")
         self.receiver = WeightReceiver()
         self.staged: StagedWeights | None = None
+        # SGLang 0.5.23's weight-update session (/begin_weight_update {selector} ... /end_weight_update).
+        # SGLang refuses distributed and tensor updates outside one; this engine also takes them
+        # without one, for clients older than 0.5.23 (slime, AReaL).
+        self.update_session: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -210,9 +216,34 @@ class Engine:
                 f"context of {self.cfg.max_len} tokens"
             )
         seed = params.sampling_seed if params.sampling_seed is not None else random.getrandbits(63)
+        stop_check = None
+        if params.stop:
+            if self.tokenizer is None:
+                raise BadRequest("sampling_params.stop needs a tokenizer, which this model lacks")
+            tokenizer = self.tokenizer
+            stop_check = StopStrings(
+                params.stop, lambda ids: tokenizer.decode(ids, skip_special_tokens=False)
+            )
         return Request(
-            rid=rid or uuid.uuid4().hex, prompt=prompt, params=params, seed=seed, on_event=on_event
+            rid=rid or uuid.uuid4().hex,
+            prompt=prompt,
+            params=params,
+            seed=seed,
+            on_event=on_event,
+            stop_check=stop_check,
         )
+
+    def text(self, req: Request) -> str:
+        """The ``text`` SGLang answers: stop tokens and stop strings trimmed unless ``no_stop_trim``,
+        special tokens per ``skip_special_tokens``; while streaming, a tail that may begin a stop
+        string is held back."""
+        p, ids, reason = req.params, req.output, req.finish_reason or {}
+        if isinstance(reason.get("matched"), int) and not p.no_stop_trim:
+            ids = ids[:-1]
+        text = self.tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
+        if req.finished:
+            return trim_text(text, reason, p.no_stop_trim)
+        return hold_back(text, p.stop) if p.stop else text
 
     def response(self, req: Request, return_logprob: bool, return_entropy: bool) -> dict:
         n = len(req.output)
@@ -230,6 +261,12 @@ class Engine:
             "entropy_mean": (sum(req.entropies) / len(req.entropies)) if req.entropies else None,
         }
         if self.runner.G:
+            # SGLang 0.5.23's names, then the older ones slime reads (slime/utils/types.py, SpecInfo)
+            meta["spec_num_correct_drafts"] = req.drafts_accepted
+            meta["spec_num_proposed_drafts"] = req.drafts_proposed
+            meta["spec_correct_drafts_histogram"] = list(req.accept_histogram)
+            meta["spec_accept_token_num"] = req.drafts_accepted
+            meta["spec_draft_token_num"] = req.drafts_proposed
             meta["spec_verify_ct"] = req.verify_ct
             meta["spec_accept_length"] = ((n - 1) / req.verify_ct) if req.verify_ct else None
             meta["spec_accept_rate"] = (
@@ -247,7 +284,7 @@ class Engine:
             meta["output_token_entropy"] = req.entropies
         out = {"output_ids": list(req.output), "meta_info": meta}
         if self.tokenizer is not None:
-            out["text"] = self.tokenizer.decode(req.output)
+            out["text"] = self.text(req)
         return out
 
     # ------------------------------------------------------------------ weights
@@ -548,9 +585,81 @@ def build_app(engine: Engine) -> FastAPI:
         n = await asyncio.wrap_future(sched.call(lambda: sched.abort(rid)))
         return {"success": True, "aborted": n}
 
-    @app.post("/flush_cache")
+    @app.api_route("/flush_cache", methods=["GET", "POST"])  # slime calls it with GET
     async def flush_cache():
         return {"success": True, "message": "no prefix cache to flush"}
+
+    @app.post("/begin_weight_update", openapi_extra=_body_doc({"selector": {"type": "string"}}))
+    async def begin_weight_update(request: HTTPRequest):
+        """SGLang 0.5.23's session around distributed/tensor updates (``selector``: which runners;
+        here the target and its MTP head are one state dict, so every selector reaches both)."""
+        body = await body_of(request)
+        selector = body.get("selector", "all")
+        if selector not in WEIGHT_SELECTORS:
+            raise BadRequest(f"selector must be one of {list(WEIGHT_SELECTORS)}, got {str(selector)[:40]!r}")
+        if engine.update_session is not None:
+            return _error(
+                400, "a weight-update session is already open; call end_weight_update() first", success=False
+            )
+        engine.update_session = selector
+        return {"success": True, "message": f"weight-update session open (selector {selector})"}
+
+    @app.post("/end_weight_update")
+    async def end_weight_update():
+        if engine.update_session is None:
+            return _error(
+                400, "no weight-update session is open; call begin_weight_update() first", success=False
+            )
+        engine.update_session = None
+        return {"success": True, "message": "weight-update session closed"}
+
+    @app.get("/get_weight_version")  # slime's name; SGLang 0.5.23 answers it in /model_info too
+    async def get_weight_version():
+        return {"weight_version": sched.weight_version}
+
+    @app.post(
+        "/update_weight_version",
+        openapi_extra=_body_doc(
+            {"new_version": {"type": "string"}, "abort_all_requests": {"type": "boolean"}}
+        ),
+    )
+    async def update_weight_version(request: HTTPRequest):
+        body = await body_of(request)
+        version = body.get("new_version")
+        if not isinstance(version, str):
+            raise BadRequest("new_version (a string) is required")
+        _check_version(version)
+        abort_all = body.get("abort_all_requests", True)  # SGLang's default
+
+        def set_version() -> None:
+            if abort_all:
+                sched.abort(None, "aborted for a weight version update")
+            sched.weight_version = version
+
+        await asyncio.wrap_future(sched.call(set_version))
+        return {"success": True, "message": f"Weight version updated to {version}", "new_version": version}
+
+    @app.post("/destroy_weights_update_group", openapi_extra=_body_doc({"group_name": {"type": "string"}}))
+    async def destroy_weights_update_group(request: HTTPRequest):
+        body = await body_of(request)
+        name = body.get("group_name", "weight_update_group")
+        if not isinstance(name, str):
+            raise BadRequest("group_name must be a string")
+        try:
+            await asyncio.get_running_loop().run_in_executor(engine.io, engine.receiver.destroy_group, name)
+        except ValueError as err:
+            return _error(400, str(err), success=False)
+        return {"success": True, "message": f"left the weight update group {name}"}
+
+    @app.post("/update_weights_from_tensor")
+    async def update_weights_from_tensor():
+        return _error(
+            400,
+            "update_weights_from_tensor is not supported by the embedded engine: its tensors are CUDA IPC "
+            "handles of a trainer in the same process group; use /update_weights_from_distributed or "
+            "/update_weights_from_disk",
+            success=False,
+        )
 
     @app.get("/model_info")
     async def model_info():
