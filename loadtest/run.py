@@ -511,6 +511,7 @@ def markdown(r: dict) -> str:
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up bebop serve on SIGTERM too
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("scenario", choices=sorted(SCENARIOS))
     p.add_argument("--engines", type=int, default=None)

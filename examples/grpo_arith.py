@@ -1,0 +1,434 @@
+"""An external GRPO trainer on the demo arithmetic task that talks to Bebop only through the SDK.
+
+    python examples/grpo_arith.py --steps 30 --out runs/grpo                  # one run (spec rejection)
+    python examples/grpo_arith.py --steps 30 --modes none target_only rejection:ce rejection:e2e_tv \\
+        --out runs/compare                                                   # the comparison + plot
+
+Each step: sample GRPO groups through ``RolloutClient.rollouts`` (prompt token ids in, completions
+with the engine's log-probs, acceptance and entropy out), score them with the task's verifiable
+reward, take one clipped policy-gradient step on group-normalised advantages (GRPO without the KL
+term), write a checkpoint, and hot-reload the engines: from disk (``update_weights``) on even steps,
+by a torch.distributed push from this process's memory (``push_weights``) on odd steps. The next
+step's rollouts must carry the new weight version.
+
+The trainer is external: it starts ``bebop serve`` (or uses ``--url``), keeps its own copy of the
+policy (the checkpoint format is Hugging Face qwen3; ``bebop.service.model`` reads and writes it,
+as ``transformers`` would) and never calls the engines directly. The MTP draft head is not
+trained: it stays the pre-RL head, as in the paper, and its acceptance is what the modes compare.
+
+Modes (``--modes``): ``none`` (no speculation), ``target_only`` (argmax drafts), ``rejection:<loss>``
+(sampled drafts verified by rejection sampling, with the head trained by ``<loss>``, one of the
+demo model's ``heads/<loss>.safetensors``). Every mode runs with the same seeds. Per step, a JSON
+line in ``<out>/<mode>/metrics.jsonl``: reward, entropy, acceptance, accept length, rollout time,
+update time, checkpoint time, reload time and kind, step time. With several modes: ``summary.json``,
+``summary.md`` and ``acceptance_vs_entropy.png`` (matplotlib) with fitted slopes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from bebop.service.client import Prompt, RolloutClient, SamplingParams
+from bebop.service.model import load_model, save_model
+from bebop.training.tasks import ArithmeticTask, is_held_out
+from bebop.training.tokenizer import EOS_TOKEN, decode, encode, load_tokenizer
+
+CLIP_EPS = 0.2  # PPO/GRPO ratio clip
+ADV_EPS = 1e-4  # groups whose rewards are all equal get advantage 0, not a division by zero
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_model_dir() -> Path:
+    bebop = Path(sys.executable).parent / "bebop"
+    out = subprocess.run([str(bebop), "demo-model", "--path"], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def initial_checkpoint(source: Path, head: str | None, out: Path) -> Path:
+    """The demo model with its ``mtp.*`` head replaced by ``heads/<head>.safetensors`` (or kept)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", *TOKENIZER_FILES):
+        shutil.copy(source / name, out / name)
+    state = load_file(str(source / "model.safetensors"))
+    if head is not None:
+        state.update(load_file(str(source / "heads" / f"{head}.safetensors")))
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+@contextlib.contextmanager
+def bebop_serve(
+    model: Path, spec: str, weights_root: Path, engines: int, max_running: int, log: Path
+) -> Iterator[str]:
+    port = free_port()
+    bebop = Path(sys.executable).parent / "bebop"
+    cmd = [str(bebop), "serve", "--port", str(port), "--engines", str(engines), "--model", str(model)]
+    cmd += ["--spec", spec, "--weights-root", str(weights_root), "--max-running", str(max_running)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    with log.open("w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 300
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"bebop serve exited {proc.returncode}; see {log}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("bebop serve not ready")
+                time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def sequence_logprobs(
+    policy: torch.nn.Module, prompts: list[list[int]], completions: list[list[int]], temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs [N, Lc] of each completion under the policy, and their mask [N, Lc]."""
+    N = len(prompts)
+    lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
+    Lc = max(len(c) for c in completions)
+    ids = torch.zeros(N, max(lengths), dtype=torch.int64)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        ids[i, : len(p) + len(c)] = torch.tensor(p + c)
+    logits = policy(ids).logits / temperature  # [N, L, V]; right padding never reaches real tokens
+    logp_all = torch.log_softmax(logits, dim=-1)
+    out = torch.zeros(N, Lc)
+    mask = torch.zeros(N, Lc)
+    for i, (p, c) in enumerate(zip(prompts, completions, strict=True)):
+        pos = torch.arange(len(p) - 1, len(p) + len(c) - 1)  # the logits that predict each completion token
+        out[i, : len(c)] = logp_all[i, pos, torch.tensor(c)]
+        mask[i, : len(c)] = 1.0
+    return out, mask
+
+
+def grpo_loss(
+    new_logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor
+) -> torch.Tensor:
+    """Clipped surrogate, averaged over each sequence's tokens, then over sequences (GRPO)."""
+    ratio = torch.exp(new_logp - old_logp)  # [N, Lc]
+    adv = advantages[:, None]
+    surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - CLIP_EPS, 1 + CLIP_EPS) * adv)
+    per_seq = (surrogate * mask).sum(1) / mask.sum(1).clamp(min=1)
+    return -per_seq.mean()
+
+
+def training_prompts(task: ArithmeticTask, seed: int, n: int = 4096) -> list[str]:
+    """Distinct prompts from the training side of the task's prompt space (never a held-out one)."""
+    rng = random.Random(f"grpo_arith/{seed}")
+    prompts: set[str] = set()
+    while len(prompts) < n:
+        prompt = task.sample_prompt(rng)
+        if not is_held_out(prompt):
+            prompts.add(prompt)
+    return sorted(prompts)
+
+
+def group_advantages(rewards: list[float], group: int) -> torch.Tensor:
+    r = torch.tensor(rewards).view(-1, group)
+    adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + ADV_EPS)
+    return adv.flatten()
+
+
+def save_checkpoint(policy: torch.nn.Module, source: Path, out: Path) -> Path:
+    save_model(policy, out)
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, out / name)
+    return out
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def train(args: argparse.Namespace, mode: str, out: Path) -> list[dict]:
+    """One GRPO run with the engines in ``mode``; returns the per-step records."""
+    spec, _, head = mode.partition(":")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    source = Path(args.model) if args.model else demo_model_dir()
+    init = initial_checkpoint(source, head or None, out / "ckpt" / "step-0")
+    tok = load_tokenizer(init)
+    eos = tok.token_to_id(EOS_TOKEN)
+    task = ArithmeticTask(min_operands=args.operands[0], max_operands=args.operands[-1])
+    pool = training_prompts(task, args.seed)
+    policy = load_model(init)
+    policy.train()
+    trainable = [p for n, p in policy.named_parameters() if not n.startswith("mtp.")]
+    optim = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    records: list[dict] = []
+    metrics = (out / "metrics.jsonl").open("w")
+    with contextlib.ExitStack() as stack:
+        url = args.url or stack.enter_context(
+            bebop_serve(init, spec, out, args.engines, args.max_running, out / "serve.log")
+        )
+        client = stack.enter_context(RolloutClient(url))
+        if args.push_every:
+            client.init_weights_group(master_port=free_port())
+            stack.callback(client.close_weights_group)
+        version = client.weights()
+        for step in range(1, args.steps + 1):
+            t_step = time.monotonic()
+            examples = rng.sample(pool, args.prompts)
+            prompt_ids = [encode(tok, prompt) for prompt in examples]
+            sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+            t0 = time.monotonic()
+            results = client.rollouts(
+                [Prompt(input_ids=ids, n=args.group) for ids in prompt_ids],
+                sampling,
+                seed=args.seed * 1_000_003 + step * 1000,
+                return_logprobs=True,
+                task="grpo-arith",
+            )
+            rollout_s = time.monotonic() - t0
+            results.sort(key=lambda r: (r.prompt_index, r.sample_index))
+            completions = [r.output_ids for r in results]
+            texts = [decode(tok, [t for t in r.output_ids if t != eos]) for r in results]
+            rewards = [
+                task.reward(examples[r.prompt_index], text) for r, text in zip(results, texts, strict=True)
+            ]
+            versions = sorted({r.weight_version for r in results})
+
+            t0 = time.monotonic()
+            advantages = group_advantages(rewards, args.group)
+            prompts_flat = [prompt_ids[r.prompt_index] for r in results]
+            old_logp = torch.zeros(len(results), max(len(c) for c in completions))
+            for i, r in enumerate(results):
+                old_logp[i, : len(r.output_ids)] = torch.tensor(r.output_logprobs, dtype=torch.float32)
+            for epoch in range(args.epochs):  # the first pass is on-policy; later ones are clipped
+                optim.zero_grad()
+                new_logp, mask = sequence_logprobs(policy, prompts_flat, completions, args.temperature)
+                if epoch == 0:  # how far the engine's sampling log-probs are from the trainer's
+                    gap = (new_logp.detach() - old_logp).abs() * mask
+                    logp_gap = gap.sum().item() / mask.sum().item()
+                loss = grpo_loss(new_logp, old_logp, mask, advantages)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optim.step()
+            update_s = time.monotonic() - t0
+
+            t0 = time.monotonic()
+            tag = f"step-{step}"
+            ckpt = save_checkpoint(policy, init, out / "ckpt" / tag)
+            save_s = time.monotonic() - t0
+            t0 = time.monotonic()
+            push = bool(args.push_every) and step % args.push_every == 0
+            if push:
+                named = {n: p.detach() for n, p in policy.named_parameters() if not n.startswith("mtp.")}
+                client.push_weights(named, version=tag)
+            else:
+                client.update_weights(str(ckpt), version=tag)
+            reload_s = time.monotonic() - t0
+            version = client.weights()
+            if args.keep_checkpoints == 0 and step > 1:
+                shutil.rmtree(out / "ckpt" / f"step-{step - 1}", ignore_errors=True)
+
+            rec = {
+                "mode": mode,
+                "step": step,
+                "reward": statistics.fmean(rewards),
+                "solved": sum(r == 1.0 for r in rewards) / len(rewards),
+                "entropy": _mean([r.entropy_mean for r in results]),
+                "acceptance": _mean([r.spec.accept_rate for r in results]) if spec != "none" else None,
+                "accept_length": _mean([r.spec.accept_length for r in results]) if spec != "none" else None,
+                "tokens": sum(len(c) for c in completions),
+                "loss": loss.item(),
+                "logp_gap": logp_gap,
+                "rollout_s": rollout_s,
+                "update_s": update_s,
+                "save_s": save_s,
+                "reload_s": reload_s,
+                "reload": "push" if push else "disk",
+                "step_s": time.monotonic() - t_step,
+                "sampled_versions": versions,
+                "served_version": sorted({e.get("weight_version") for e in _engines(version)}),
+                "samples": [
+                    (r.entropy_mean, r.spec.accept_rate) for r in results if spec != "none"
+                ],  # per-sample points for the acceptance/entropy fit
+            }
+            records.append(rec)
+            metrics.write(json.dumps(rec) + "\n")
+            metrics.flush()
+            print(
+                f"[{mode}] step {step:3d} reward {rec['reward']:.3f} solved {rec['solved']:.2f} "
+                f"entropy {rec['entropy']:.3f} acc {_fmt(rec['acceptance'])} "
+                f"len {_fmt(rec['accept_length'])} "
+                f"rollout {rollout_s:.2f}s update {update_s:.2f}s reload({rec['reload']}) {reload_s:.2f}s "
+                f"step {rec['step_s']:.2f}s versions {versions}",
+                flush=True,
+            )
+    metrics.close()
+    return records
+
+
+def _engines(weights: dict) -> list[dict]:
+    engines = weights.get("engines", weights)
+    if isinstance(engines, dict):
+        return [v if isinstance(v, dict) else {"weight_version": v} for v in engines.values()]
+    return list(engines)
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least-squares ``y = a + b x``; returns (a, b)."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx > 0 else 0.0
+    return my - b * mx, b
+
+
+def summarize(runs: dict[str, list[dict]], out: Path, skip_steps: int) -> dict:
+    """Per mode: reward first/last, mean step and rollout time, acceptance-entropy slopes; a plot."""
+    summary = {}
+    for mode, recs in runs.items():
+        timed = recs[skip_steps:] or recs
+        first = recs[: max(1, len(recs) // 5)]
+        last = recs[-max(1, len(recs) // 5) :]
+        row = {
+            "steps": len(recs),
+            "reward_first": statistics.fmean(r["reward"] for r in first),
+            "reward_last": statistics.fmean(r["reward"] for r in last),
+            "entropy_first": statistics.fmean(r["entropy"] for r in first),
+            "entropy_last": statistics.fmean(r["entropy"] for r in last),
+            "step_s": statistics.fmean(r["step_s"] for r in timed),
+            "rollout_s": statistics.fmean(r["rollout_s"] for r in timed),
+            "update_s": statistics.fmean(r["update_s"] for r in timed),
+            "reload_disk_s": _mean([r["reload_s"] for r in timed if r["reload"] == "disk"]),
+            "reload_push_s": _mean([r["reload_s"] for r in timed if r["reload"] == "push"]),
+        }
+        if recs[0]["acceptance"] is not None:
+            row["acceptance"] = statistics.fmean(r["acceptance"] for r in recs)
+            row["accept_length"] = statistics.fmean(r["accept_length"] for r in recs)
+            a, b = fit([r["entropy"] for r in recs], [r["acceptance"] for r in recs])
+            row["slope_per_step"], row["intercept_per_step"] = b, a
+            points = [(e, acc) for r in recs for e, acc in r["samples"] if e is not None and acc is not None]
+            a, b = fit([p[0] for p in points], [p[1] for p in points])
+            row["slope_per_sample"], row["intercept_per_sample"] = b, a
+        summary[mode] = row
+    if "none" in summary:
+        for row in summary.values():
+            row["speedup_vs_none"] = summary["none"]["step_s"] / row["step_s"]
+            row["rollout_speedup_vs_none"] = summary["none"]["rollout_s"] / row["rollout_s"]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(runs, summary, out / "acceptance_vs_entropy.png")
+    (out / "summary.md").write_text(summary_markdown(summary))
+    return summary
+
+
+def summary_markdown(summary: dict) -> str:
+    lines = [
+        "| mode | reward first -> last | entropy first -> last | step s | rollout s | step speed-up vs none "
+        "| acceptance | accept length | slope per step | slope per sample |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for mode, r in summary.items():
+        lines.append(
+            f"| {mode} | {r['reward_first']:.3f} -> {r['reward_last']:.3f} "
+            f"| {r['entropy_first']:.3f} -> {r['entropy_last']:.3f} | {r['step_s']:.2f} "
+            f"| {r['rollout_s']:.2f} | {_fmt(r.get('speedup_vs_none'))} | {_fmt(r.get('acceptance'))} "
+            f"| {_fmt(r.get('accept_length'))} "
+            f"| {_fmt(r.get('slope_per_step'))} | {_fmt(r.get('slope_per_sample'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: dict[str, list[dict]], summary: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for mode, recs in runs.items():
+        if recs[0]["acceptance"] is None:
+            continue
+        xs = [r["entropy"] for r in recs]
+        ys = [r["acceptance"] for r in recs]
+        row = summary[mode]
+        line = ax.scatter(xs, ys, s=14, label=f"{mode} (slope {row['slope_per_step']:+.3f})")
+        lo, hi = min(xs), max(xs)
+        a, b = row["intercept_per_step"], row["slope_per_step"]
+        ax.plot([lo, hi], [a + b * lo, a + b * hi], color=line.get_facecolor()[0], lw=1)
+    ax.set_xlabel("mean target entropy of the step's rollouts (nats)")
+    ax.set_ylabel("draft acceptance")
+    ax.set_title("GRPO on arith: acceptance against entropy over RL steps")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--modes", nargs="+", default=["rejection"], help="none, target_only, rejection[:<head loss>]"
+    )
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--prompts", type=int, default=16, help="prompts per step")
+    p.add_argument("--group", type=int, default=8, help="samples per prompt (GRPO group)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--operands", type=int, nargs="+", default=[3], help="operand count, or min max")
+    p.add_argument("--temperature", type=float, default=1.2)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=4, help="policy updates per batch of rollouts (GRPO's mu)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engines", type=int, default=1)
+    p.add_argument("--max-running", type=int, default=128, help="KV slots per engine (a step's samples)")
+    p.add_argument(
+        "--push-every", type=int, default=2, help="push by torch.distributed every k-th step (0: never)"
+    )
+    p.add_argument("--keep-checkpoints", type=int, default=0, help="1 keeps every step's checkpoint")
+    p.add_argument("--skip-steps", type=int, default=1, help="steps left out of the timing means (warm-up)")
+    p.add_argument("--model", default=None, help="starting checkpoint (default: the shipped demo model)")
+    p.add_argument("--url", default=None, help="use a running gateway (its weights roots must hold --out)")
+    p.add_argument("--out", default="runs/grpo_arith")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the trainer")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out).resolve()
+    runs = {}
+    for mode in args.modes:
+        runs[mode] = train(args, mode, out / mode.replace(":", "-"))
+    if len(runs) > 1 or args.steps >= 3:
+        summary = summarize(runs, out, args.skip_steps)
+        print(summary_markdown(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
