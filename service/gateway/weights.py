@@ -16,7 +16,10 @@ Either way the call fails with per-engine detail and a bad checkpoint never take
 The distributed push needs a process group first: ``init_group`` fans ``/init_weights_update_group``
 out to every engine with its rank offset (the trainer is rank 0; an engine with tensor parallelism
 takes ``tp_size`` ranks), and ``push`` then stages ``/update_weights_from_distributed`` on every
-member while the trainer broadcasts.
+member while the trainer broadcasts. SGLang 0.5.23 refuses a distributed update outside a weight-update
+session (400), so each member's update is wrapped in ``/begin_weight_update {"selector": "all"}`` ...
+``/end_weight_update`` (target and MTP draft alike); an engine without those routes (SGLang before
+0.5.23) answers 404 to the begin call and is updated without a session.
 """
 
 from __future__ import annotations
@@ -178,21 +181,61 @@ class ReloadCoordinator:
         body = {**manifest, "weight_version": version}
 
         async def stage(urls: list[str]) -> dict[str, dict]:
-            return await self._stage_all("/update_weights_from_distributed", body, urls)
+            return await self._stage_all("/update_weights_from_distributed", body, urls, session=True)
 
         return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, None)
 
     # ------------------------------------------------------------------ the protocol
-    async def _stage_all(self, path: str, body: dict, urls: list[str]) -> dict[str, dict]:
+    async def _stage_all(
+        self, path: str, body: dict, urls: list[str], session: bool = False
+    ) -> dict[str, dict]:
         """Ask engines that announce staging to stage; a stock SGLang server would refuse the
-        unknown field, so it gets SGLang's own call and swaps at once."""
+        unknown field, so it gets SGLang's own call and swaps at once. With ``session`` each call is
+        wrapped in SGLang 0.5.23's weight-update session."""
 
         def body_for(url: str) -> dict:
             engine = self.pool.engines.get(url)  # None: removed while paused; it fails or stages
             return {**body, "stage": True} if engine is None or engine.can_stage else body
 
-        answers = await asyncio.gather(*(self._post(u, path, body_for(u)) for u in urls))
+        async def one(url: str) -> dict:
+            if not session:
+                return await self._post(url, path, body_for(url))
+            opened = await self._begin_session(url)
+            if opened is not None and not opened.get("success"):
+                return {**opened, "message": f"begin_weight_update failed: {opened.get('message')}"}
+            try:
+                return await self._post(url, path, body_for(url))
+            finally:
+                if opened is not None:
+                    closed = await self._post(url, "/end_weight_update", {})
+                    if not closed.get("success"):
+                        log.error("end_weight_update on %s failed: %s", url, closed)
+
+        answers = await asyncio.gather(*(one(u) for u in urls))
         return dict(zip(urls, answers, strict=True))
+
+    async def _begin_session(self, url: str) -> dict | None:
+        """Open SGLang 0.5.23's weight-update session on ``url``: its answer, or None when the engine
+        has no such route (older SGLang: updates need no session there). A session left open by an
+        interrupted update is closed and opened again."""
+        for attempt in range(2):
+            try:
+                r = await self.pool.client.post(
+                    url + "/begin_weight_update", {"selector": "all"}, self.timeout_s
+                )
+            except UpstreamError as err:
+                return {"success": False, "message": f"UpstreamError: {err}"}
+            if r.status_code in (404, 405):
+                return None
+            try:
+                answer = r.json()
+            except ValueError:
+                answer = {"message": r.text[:200]}
+            answer.setdefault("success", r.status_code == 200)
+            if answer["success"] or attempt or "already open" not in str(answer.get("message")):
+                return answer
+            await self._post(url, "/end_weight_update", {})
+        return answer
 
     async def _two_phase(
         self,
