@@ -302,9 +302,75 @@ class StoryTask(Task):
 
 
 # ---------------------------------------------------------------------------------------------
+# chain (capacity-limited for a one-layer MTP head)
+
+# Multipliers coprime with 100, so x -> (a x + b) mod 100 is a permutation of 00..99.
+CHAIN_MULTIPLIERS = (3, 7, 9, 11, 13, 17, 19, 21, 23, 27, 29, 31, 33, 37, 39)
+CHAIN_LENGTH = 8  # numbers in a completion
+# A completion with every number right but no "." earns this; each right number a share of it.
+CHAIN_PARTIAL_CREDIT = 0.9
+_CHAIN_PROMPT_RE = re.compile(r"chain x(\d{1,2})\+(\d{1,2}) from (\d{2}):")
+
+
+def chain_numbers(a: int, b: int, x0: int, n: int = CHAIN_LENGTH) -> list[str]:
+    """The ``n`` iterates of ``x -> (a x + b) mod 100`` after ``x0``, two digits each."""
+    out, x = [], x0
+    for _ in range(n):
+        x = (a * x + b) % 100
+        out.append(f"{x:02d}")
+    return out
+
+
+@dataclass(frozen=True)
+class ChainTask(Task):
+    """Iterate an affine map mod 100 from the prompt's start: the token after next is a function of
+    the next one that takes a multiplication, an addition and a carry to compute.
+
+        chain x7+13 from 42: -> " 07 62 47 42 07 62 47 42."
+
+    This is the task on which a one-layer MTP head is capacity-limited: to draft the number after
+    the one it was just given, the head must compute ``(a x + b) mod 100`` itself in one layer,
+    where the backbone spreads the same computation over its depth. Low entropy (every token is
+    fixed by the prompt); the head cannot match the backbone everywhere, so the loss decides where
+    its capacity goes. Not part of the shipped demo model (``examples/capacity_heads.py`` builds
+    a model on it and compares heads).
+
+    Reward: 1.0 when all ``CHAIN_LENGTH`` numbers are right and the text has a ``.``; otherwise
+    ``CHAIN_PARTIAL_CREDIT`` times the share of numbers that are right at their position (text
+    before the first ``.``, split on spaces).
+    """
+
+    name: str = "chain"
+
+    def sample_prompt(self, rng: random.Random) -> str:
+        a, b, x0 = rng.choice(CHAIN_MULTIPLIERS), rng.randrange(100), rng.randrange(100)
+        return f"chain x{a}+{b} from {x0:02d}:"
+
+    def complete(self, prompt: str, rng: random.Random) -> str:
+        m = _CHAIN_PROMPT_RE.fullmatch(prompt)
+        if m is None:
+            raise ValueError(f"not a chain prompt: {prompt!r}")
+        a, b, x0 = (int(g) for g in m.groups())
+        return " " + " ".join(chain_numbers(a, b, x0)) + "."
+
+    def reward(self, prompt: str, completion: str) -> float:
+        m = _CHAIN_PROMPT_RE.fullmatch(prompt)
+        if m is None:
+            return 0.0
+        a, b, x0 = (int(g) for g in m.groups())
+        reference = chain_numbers(a, b, x0)
+        body, period, _ = completion.partition(".")
+        items = body.split()
+        matched = sum(x == y for x, y in zip(items, reference, strict=False))
+        if period and matched == len(reference) and len(items) == len(reference):
+            return 1.0
+        return CHAIN_PARTIAL_CREDIT * matched / len(reference)
+
+
+# ---------------------------------------------------------------------------------------------
 # registry and datasets
 
-TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), StoryTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), StoryTask(), ChainTask())}
 
 
 def get_task(name: str) -> Task:

@@ -1,16 +1,13 @@
-"""examples/grpo_arith.py end to end: a real ``bebop serve``, two GRPO steps, both reload paths."""
+"""examples/grpo_arith.py end to end: a real ``bebop serve``, two GRPO steps, both reload paths (~30 s)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "grpo_arith.py"
 
 
-@pytest.mark.slow
 def test_two_steps_reload_from_disk_then_push(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(SCRIPT), "--steps", "2", "--prompts", "2", "--group", "4"]

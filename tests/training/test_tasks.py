@@ -201,5 +201,5 @@ def test_corpus_is_deterministic_and_mixes_the_tasks():
 
 def test_get_task_refuses_unknown_names():
     assert get_task("arith") is TASKS["arith"] and get_task("story") is TASKS["story"]
-    with pytest.raises(ValueError, match="arith, story"):
+    with pytest.raises(ValueError, match="arith, chain, story"):
         get_task("poetry")
