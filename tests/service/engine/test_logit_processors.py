@@ -1,0 +1,186 @@
+"""logit_bias, min_p and min_new_tokens: the law the runner samples equals a reference law computed
+here from the model's logits (plain and speculative decoding), and stop strings end the output at
+the token that completes them, inside an accepted draft chain too."""
+
+import threading
+
+import pytest
+import torch
+
+from bebop.service.engine.runner import ModelRunner
+from bebop.service.engine.sampling import BadRequest, SamplingParams
+from bebop.service.engine.scheduler import Request, Scheduler
+from bebop.service.engine.stops import StopStrings, hold_back, trim_text
+from bebop.service.model import load_model
+from tests.stats import assert_counts_follow
+
+
+@pytest.fixture(scope="module")
+def model(quick_model):
+    return load_model(quick_model)
+
+
+def reference_law(logits: torch.Tensor, params: SamplingParams, generated: int, eos: int) -> torch.Tensor:
+    """SGLang's law of one position, token by token in float64: logits [V] of the position that
+    follows ``generated`` output tokens -> [V] probabilities. Written independently of
+    ``logit_processors`` (loops, no shared code)."""
+    z = logits.double().clone()
+    for token, bias in params.logit_bias.items():
+        z[token] += bias
+    if generated < params.min_new_tokens:
+        for token in {eos, *params.stop_token_ids}:
+            z[token] = float("-inf")
+    p = torch.softmax(z / params.temperature, -1)
+    if params.min_p > 0:
+        p[p < params.min_p * p.max()] = 0.0
+        p /= p.sum()
+    return p
+
+
+def triple_law(model, prompt, params, top_pairs=150, top_triples=50):
+    """Exact law of the first three output tokens under ``reference_law``: the likeliest triples
+    (ids x1 * V^2 + x2 * V + x3) and their probabilities."""
+    eos = model.config.eos_token_id
+
+    def laws(seqs, generated):
+        with torch.no_grad():
+            logits = model(seqs).logits[:, -1]
+        return torch.stack([reference_law(row, params, generated, eos) for row in logits])
+
+    base = torch.tensor([prompt])
+    p1 = laws(base, 0)[0]
+    V = p1.shape[0]
+    p12 = (p1[:, None] * laws(torch.cat([base.expand(V, -1), torch.arange(V)[:, None]], 1), 1)).flatten()
+    pairs = p12.topk(top_pairs).indices
+    seqs = torch.cat([base.expand(top_pairs, -1), (pairs // V)[:, None], (pairs % V)[:, None]], 1)
+    p123 = (p12[pairs][:, None] * laws(seqs, 2)).flatten()
+    best = p123.topk(top_triples)
+    return pairs[best.indices // V] * V + best.indices % V, best.values
+
+
+def first_tokens(model, spec, prompt, params, seeds, n_tokens=3):
+    runner = ModelRunner(model, len(seeds), 64, spec, 3)
+    pairs = runner.prefill_group([list(prompt)] * len(seeds), [params] * len(seeds), list(seeds))
+    states, outs = [s for s, _ in pairs], [list(o.tokens) for _, o in pairs]
+    while min(len(o) for o in outs) < n_tokens:
+        for out, step in zip(outs, runner.step(states), strict=True):
+            out += step.tokens
+    return [o[:n_tokens] for o in outs]
+
+
+def law_cases(model):
+    eos = model.config.eos_token_id
+    return {
+        "logit_bias+min_p": SamplingParams(
+            temperature=1.0, logit_bias={7: 2.0, 9: -3.0, 40: 1.5}, min_p=0.05
+        ),
+        # EOS made likely, then forbidden for the first two tokens: the third may be EOS. In rejection
+        # mode tokens 2 and 3 come out of one verify step, so the boundary falls inside a draft chain.
+        "min_new_tokens": SamplingParams(temperature=0.9, min_new_tokens=2, logit_bias={eos: 4.0}),
+    }
+
+
+@pytest.mark.parametrize("spec", ["none", "rejection"])
+@pytest.mark.parametrize("case", ["logit_bias+min_p", "min_new_tokens"])
+def test_the_sampled_law_is_the_reference_law(model, spec, case):
+    """Joint law of the first three tokens (in rejection mode the second and third are accepted
+    drafts or residual/bonus draws), against the exact reference law: tests/stats.py's 6-sigma bound
+    in each of the 50 likeliest triples and one bin for the rest."""
+    params = law_cases(model)[case]
+    prompt = [5, 6, 7, 8]
+    ids, probs = triple_law(model, prompt, params)
+    law = torch.cat([probs, (1 - probs.sum()).clamp(min=0).reshape(1)]).numpy()
+    lookup = {int(t): k for k, t in enumerate(ids)}
+    V = model.config.vocab_size
+    counts = torch.zeros(len(ids) + 1)
+    n, batch = 1600, 200
+    for start in range(0, n, batch):
+        for a, b, c in first_tokens(model, spec, prompt, params, range(start, start + batch)):
+            counts[lookup.get((a * V + b) * V + c, len(ids))] += 1
+    assert_counts_follow(counts.numpy(), law, f"{case}, spec={spec}")
+
+
+def test_min_new_tokens_blocks_eos_at_every_draft_position(model):
+    eos = model.config.eos_token_id
+    params = SamplingParams(temperature=1.0, min_new_tokens=6, logit_bias={eos: 8.0})
+    outs = first_tokens(model, "rejection", [5, 6, 7, 8], params, range(64), n_tokens=8)
+    assert all(eos not in o[:6] for o in outs)
+    assert sum(eos in o[6:] for o in outs) > 32  # and EOS, now likely, comes right after
+
+
+def test_sampling_params_refuse_what_they_cannot_honour():
+    ok = SamplingParams.from_dict(
+        {"frequency_penalty": 0.0, "presence_penalty": 0, "repetition_penalty": 1.0, "n": 1, "stop": "x"}, 100
+    )
+    assert ok.stop == ["x"]
+    for raw, name in [
+        ({"frequency_penalty": 0.5}, "frequency_penalty"),
+        ({"presence_penalty": -1}, "presence_penalty"),
+        ({"repetition_penalty": 1.1}, "repetition_penalty"),
+        ({"n": 2}, "n"),
+        ({"regex": "a+"}, "regex"),
+        ({"json_schema": "{}"}, "json_schema"),
+        ({"stop_regex": "x$"}, "stop_regex"),
+        ({"no_such_field": 1}, "no_such_field"),
+        ({"min_p": 1.5}, "min_p"),
+        ({"min_new_tokens": 9, "max_new_tokens": 4}, "min_new_tokens"),
+        ({"logit_bias": {"100": 1.0}}, "logit_bias"),
+        ({"logit_bias": {"x": 1.0}}, "logit_bias"),
+        ({"stop": ["a", 3]}, "stop"),
+        ({"skip_special_tokens": "yes"}, "skip_special_tokens"),
+    ]:
+        with pytest.raises(BadRequest, match=name):
+            SamplingParams.from_dict(raw, 100)
+
+
+def test_stop_text_helpers():
+    assert trim_text("ab STOP cd", {"type": "stop", "matched": "STOP"}, False) == "ab "
+    assert trim_text("ab STOP cd", {"type": "stop", "matched": "STOP"}, True) == "ab STOP"
+    assert hold_back("hello ST", ["STOP"]) == "hello " and hold_back("hello", ["STOP"]) == "hello"
+    stops = StopStrings(["bc"], lambda ids: "".join("abcd"[i] for i in ids))
+    assert stops([0]) is None and stops([0, 1]) is None and stops([0, 1, 2]) == "bc"
+
+
+def run_to_end(model, spec, params, prompt, stop_check=None):
+    """One request through a real Scheduler; returns it finished, with each step's token count."""
+    runner = ModelRunner(model, 2, 64, spec, 3)
+    sched = Scheduler(runner, model.config.eos_token_id)
+    steps: list[int] = []
+    sched.on_tokens = steps.append
+    done = threading.Event()
+    req = Request("r", prompt, params, 3, lambda r, f: f and done.set(), stop_check=stop_check)
+    sched.start()
+    try:
+        sched.submit(req)
+        assert done.wait(60)
+    finally:
+        sched.stop()
+    return req, steps
+
+
+def test_a_stop_string_inside_an_accepted_draft_chain_ends_the_output_at_its_token(model, quick_model):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(quick_model / "tokenizer.json"))
+
+    def decode(ids):
+        return tok.decode(ids, skip_special_tokens=False)
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=40, ignore_eos=True)
+    full, steps = run_to_end(model, "rejection", params, [5, 6, 7, 8])
+    # tokens i and i + 1 came out of one verify step that emitted more after them; the stop string is
+    # their text, seen nowhere before
+    candidates, start = [], 0
+    for count in steps:
+        if start > 0:
+            candidates += range(start, start + count - 2)
+        start += count
+    for i in candidates:
+        stop = decode(full.output[i : i + 2])
+        if len(stop) >= 2 and stop not in decode(full.output[: i + 1]):
+            break
+    else:
+        pytest.skip(f"no verify step emitted three tokens with a fresh text (steps {steps})")
+    req, _ = run_to_end(model, "rejection", params, [5, 6, 7, 8], StopStrings([stop], decode))
+    assert req.finish_reason == {"type": "stop", "matched": stop}
+    assert req.output == full.output[: i + 2]  # ends at the completing token; the chain's rest dropped
