@@ -65,9 +65,8 @@ def main() -> int:
         )
     if "ce" in rows and "e2e_tv" in rows:
         gap = 100 * (rows["e2e_tv"]["rs_acceptance"] - rows["ce"]["rs_acceptance"])
-        print(
-            f"e2e TV - CE: {gap:+.1f} points; CE capacity-limited (<= 0.85): {rows['ce']['rs_acceptance'] <= 0.85}"
-        )
+        limited = rows["ce"]["rs_acceptance"] <= 0.85
+        print(f"e2e TV - CE: {gap:+.1f} points; CE capacity-limited (<= 0.85): {limited}")
     return 0
 
 
