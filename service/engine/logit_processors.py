@@ -47,24 +47,6 @@ def apply_min_p(probs: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
     return kept / kept.sum(-1, keepdim=True)
 
 
-def reference_law(
-    logits: torch.Tensor, params: SamplingParams, generated: int, eos: int | None
-) -> torch.Tensor:
-    """The law of one row from scratch, for tests and as the readable spec: logits [V] float64 of the
-    position that follows ``generated`` output tokens -> [V] float64 probabilities (no top-k/top-p)."""
-    z = logits.double().clone()
-    for token, b in params.logit_bias.items():
-        z[token] += b
-    if generated < params.min_new_tokens:
-        for token in {*params.stop_token_ids, *([] if eos is None else [eos])}:
-            z[token] = float("-inf")
-    p = torch.softmax(z / params.temperature, -1)
-    if params.min_p > 0:
-        p = torch.where(p < params.min_p * p.max(), 0.0, p)
-        p = p / p.sum()
-    return p
-
-
 class SlotProcessors:
     """Per-slot state of the law-changing parameters, for a pool of S slots over a vocabulary of V.
 
