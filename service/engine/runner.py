@@ -238,10 +238,13 @@ class ModelRunner:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts [R, n] into the slots ``rows``: ([R] first tokens, [R, V] their laws)."""
         R, n, dev = len(prompts), len(prompts[0]), self.device
+        params = [s.params for s in states]
+        self.seed[rows] = torch.tensor([s.seed for s in states], device=dev)
+        self.temperature[rows] = torch.tensor([p.temperature for p in params], device=dev)
+        self.top_k[rows] = torch.tensor([p.top_k for p in params], device=dev)
+        self.top_p[rows] = torch.tensor([p.top_p for p in params], device=dev)
         for state in states:
             slot, prm = state.slot, state.params
-            self.seed[slot], self.temperature[slot] = state.seed, prm.temperature
-            self.top_k[slot], self.top_p[slot] = prm.top_k, prm.top_p
             self._greedy[slot] = prm.temperature < GREEDY_TEMPERATURE
             self._filtered[slot] = 0 < prm.top_k < self.vocab_size or prm.top_p < 1
             self.procs.admit(slot, prm, n)
