@@ -39,6 +39,29 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup
     return statistics.median(samples)
 
 
+def time_ms_graph(fn: Callable[[], object], device: torch.device, replays: int = 50) -> float:
+    """GPU milliseconds per call of ``fn`` captured in a CUDA graph (as a serving loop that
+    replays its step as a graph runs it): no Python or launch overhead, only the kernels' time."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize(device)
+    return start.elapsed_time(end) / replays
+
+
 def chain_problem(B: int, G: int, V: int, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
     """A realistic verify input: peaked target and draft laws (LLM-like), drafts sampled from q."""
     g = torch.Generator(device="cpu").manual_seed(seed)
@@ -94,6 +117,19 @@ def _chain_rows(
                 functools.partial(peer.chain_speculative_sampling_triton, **args), device, repeats
             )
             row["speedup_vs_sglang"] = row["sglang_ms"] / row["bebop_no_validate_ms"]
+            # Kernel time alone, each call replayed from a CUDA graph.
+            for name, options in (
+                ("bebop_graph_ms", {}),
+                ("bebop_graph_no_entropy_ms", {"with_entropy": False}),
+            ):
+                call = functools.partial(
+                    chain_rejection_sample, **problem, backend=backend, validate=False, **options
+                )
+                row[name] = time_ms_graph(call, device)
+            row["sglang_graph_ms"] = time_ms_graph(
+                functools.partial(peer.chain_speculative_sampling_triton, **args), device
+            )
+            row["graph_speedup_vs_sglang"] = row["sglang_graph_ms"] / row["bebop_graph_ms"]
         rows.append(row)
         del problem
     return rows
