@@ -15,8 +15,9 @@ before, during and after a fault; a sampler reads the resident memory of the gat
 engine from /proc. Everything lands in ``--out`` (default ``.cache/loadtest/<scenario>``):
 locust's CSVs, ``report.json`` and ``report.md``.
 
-Exit status: 0 when the scenario met its goals (no failed request, nothing lost, counters back to
-zero, and for the soak RSS growth after warm-up under ``--max-rss-growth``), 1 otherwise.
+Exit status: 0 when the scenario met its goals (no failed request, no request left hanging when
+locust stopped, no traceback in the service's log, counters back to zero, and for the soak RSS
+growth after warm-up under ``--max-rss-growth``), 1 otherwise.
 """
 
 from __future__ import annotations
@@ -287,7 +288,7 @@ def fault_corrupt_checkpoint(ctx: FaultContext) -> None:
             "corrupt reload",
             status=r.status_code,
             refused=r.status_code >= 400,
-            versions_unchanged=before == after,
+            versions_unchanged=before["engines"] == after["engines"],
             detail=r.text[:300],
         )
         time.sleep(15)
@@ -469,7 +470,14 @@ def run(args: argparse.Namespace) -> int:
         },
         "machine": f"{os.cpu_count()} CPUs, {os.uname().machine}, {os.uname().release}",
     }
-    ok = failures == 0 and locust.returncode == 0 and report["counters_zero"]
+    # Requests still unanswered when locust's stop timeout ran out are cancelled without counting
+    # as failures: a hung request is a lost one, so it fails the run.
+    report["hung_at_stop"] = "Not all users finished their tasks" in output
+    serve_log = (out / "serve.log").read_text(errors="replace")
+    report["server_tracebacks"] = serve_log.count("Traceback (most recent call last)")
+    report["server_errors"] = [line[:300] for line in serve_log.splitlines() if line.startswith("ERROR")][:20]
+    ok = failures == 0 and locust.returncode == 0 and report["counters_zero"] and not report["hung_at_stop"]
+    ok = ok and report["server_tracebacks"] == 0
     if args.scenario == "soak":
         grown = {k: v["growth"] for k, v in report["rss"].items()}
         report["rss_ok"] = all(g < args.max_rss_growth for g in grown.values())
@@ -503,6 +511,8 @@ def markdown(r: dict) -> str:
         f"Samples per weight version: {s.get('samples_per_weight_version')}; reloads ok/failed: "
         f"{s.get('reloads_ok')}/{s.get('reloads_failed')}.",
         f"Counters after the run: {r['counters_after']} (all zero: {r['counters_zero']}).",
+        f"Requests hung when locust stopped: {r['hung_at_stop']}; server tracebacks: {r['server_tracebacks']}"
+        + "".join(f"\n- `{e}`" for e in r["server_errors"]),
         f"Probe latency: {json.dumps(r['probe'])}.",
         f"RSS (MiB): {json.dumps(r['rss'])}.",
     ]
