@@ -43,7 +43,8 @@ def test_trainer_broadcast_updates_the_engine_and_bad_weights_are_refused(quick_
         "input_ids": [5, 6, 7],
         "sampling_params": {"max_new_tokens": 8, "temperature": 0, "ignore_eos": True},
     }
-    with running(["engine", "--model", str(quick_model), "--port", str(port)], port) as url:
+    engine = ["engine", "--model", str(quick_model), "--port", str(port), "--weights-root", str(tmp_path)]
+    with running(engine, port) as url:
         before = httpx.post(url + "/generate", json=body, timeout=60).json()["output_ids"]
         out = subprocess.run(
             [
