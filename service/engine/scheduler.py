@@ -35,7 +35,7 @@ class Overloaded(RuntimeError):
     """The waiting queue is full; the server answers 503 with Retry-After."""
 
 
-@dataclass
+@dataclass(eq=False)  # identity: queue look-ups must not compare token lists (or release the GIL)
 class Request:
     """One generation request and everything it has produced so far."""
 
@@ -127,7 +127,8 @@ class Scheduler:
         elif mode == "retract":
             for req in reversed(self.running):  # back to the front of the queue, in order
                 self._free(req)
-                self.waiting.appendleft(req)
+                with self._wake:
+                    self.waiting.appendleft(req)
             self.running = []
         self.paused_mode = mode
 
@@ -136,10 +137,15 @@ class Scheduler:
 
     def abort(self, rid: str | None, message: str = "aborted") -> int:
         """Abort one request (by rid) or all (rid None); returns how many were aborted."""
-        victims = [r for r in [*self.running, *self.waiting] if rid is None or r.rid == rid]
+        victims = [r for r in [*self.running, *self._waiting_now()] if rid is None or r.rid == rid]
         for req in victims:
             self._finish(req, {"type": "abort", "message": message})
         return len(victims)
+
+    def _waiting_now(self) -> list[Request]:
+        """A copy of the queue: HTTP threads append to it under ``_wake`` while the loop iterates."""
+        with self._wake:
+            return list(self.waiting)
 
     # ------------------------------------------------------------------ loop
     def _loop(self) -> None:
@@ -164,7 +170,7 @@ class Scheduler:
                     log.exception("engine loop failed")
                     for req in [*self.running]:
                         self._finish(req, _engine_error(err))
-        for req in [*self.running, *self.waiting]:
+        for req in [*self.running, *self._waiting_now()]:
             self._finish(req, {"type": "abort", "message": "engine shutting down"})
 
     def _has_work(self) -> bool:
@@ -343,8 +349,9 @@ class Scheduler:
         self._free(req)
         if req in self.running:
             self.running.remove(req)
-        if req in self.waiting:
-            self.waiting.remove(req)
+        with self._wake:  # HTTP threads append to the queue meanwhile
+            if req in self.waiting:
+                self.waiting.remove(req)
         self.stats["finished_" + reason["type"]] += 1
         self._notify(req, True)
 

@@ -95,3 +95,38 @@ def test_a_failing_request_ends_alone_and_the_others_finish(fail_in):
         n = len(req.prompt)
         assert req.output == [(n + i) % 7 for i in range(20)], rid
     assert runner.free_slots() == 8  # every slot came back
+
+
+def test_aborts_racing_submissions_never_kill_the_loop():
+    """HTTP threads append to the queue while the loop aborts and finishes requests: every request
+    still gets exactly one final event and the loop survives (it used to die with "deque mutated
+    during iteration" when a queue look-up compared requests field by field)."""
+    runner = FakeRunner(slots=2, fail_in="none")
+    sched = Scheduler(runner, eos_token_id=None, max_queue=10_000)
+    finals: list[str] = []
+    lock = threading.Lock()
+
+    def on_event(req, final):
+        if final:
+            with lock:
+                finals.append(req.rid)
+
+    def submitter(k: int) -> None:
+        for i in range(300):
+            params = SamplingParams(max_new_tokens=5)
+            sched.submit(Request(rid=f"{k}-{i}", prompt=[1, 2], params=params, seed=i, on_event=on_event))
+
+    sched.start()
+    try:
+        threads = [threading.Thread(target=submitter, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            sched.call(lambda: sched.abort(None, "stress")).result(timeout=30)
+        for t in threads:
+            t.join()
+        sched.call(lambda: sched.abort(None, "stress")).result(timeout=30)
+        assert sched._thread.is_alive()
+    finally:
+        sched.stop()
+    assert sorted(finals) == sorted(f"{k}-{i}" for k in range(4) for i in range(300))
