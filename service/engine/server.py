@@ -764,8 +764,13 @@ def check_listen(host: str, token: str | None) -> None:
 
 
 def serve_engine(cfg: EngineConfig, host: str, port: int) -> None:
+    import faulthandler
+
     import uvicorn
 
+    # A crash inside a native op (segfault, abort) would otherwise end the engine without a word:
+    # load tests saw engines vanish with nothing in their logs.
+    faulthandler.enable()
     check_listen(host, cfg.api_token)
     engine = Engine(cfg)
     engine.scheduler.start()
