@@ -257,11 +257,8 @@ class ModelRunner:
         probs = self._laws(out.logits[:, -1:], rows, torch.full((R,), n, device=dev))[:, 0]  # [R, V]
         if resume_tokens is not None:
             tokens = torch.tensor(resume_tokens, device=dev)
-        elif self._on_cuda:
-            positions = torch.full((R,), n, device=dev)
-            tokens = sample_from_probs(probs, self.seed[rows], positions, slot=SLOT_SAMPLE, validate=False)
         else:
-            tokens = draw_from_probs(probs, self.sample_table[rows, 0])
+            tokens = self._draw(probs, rows, torch.full((R,), n, device=dev), SLOT_SAMPLE)
         self.position[rows], self.pending[rows] = n, tokens
         if self.G:
             model = self.model
@@ -353,10 +350,7 @@ class ModelRunner:
             self.pending[:B, None], t[:, None], prefix_mask(t, 1, span), self.kv.views(rows, t[:, None], span)
         )
         probs = self._laws(out.logits, rows, t + 1)  # [B, 1, V]
-        if self._on_cuda:
-            token = sample_from_probs(probs[:, 0], self.seed[:B], t + 1, slot=SLOT_SAMPLE, validate=False)
-        else:
-            token = draw_from_probs(probs[:, 0], self._uniforms(self.sample_table, B, t, 1)[:, 0])
+        token = self._draw(probs[:, 0], rows, t + 1, SLOT_SAMPLE)
         self.position[:B] = t + 1
         self.pending[:B] = token
         return token[:, None], probs.gather(2, token[:, None, None])[..., 0].log(), _entropy(probs), None
@@ -369,7 +363,7 @@ class ModelRunner:
         t = self.position[:B].clone()  # [B]
         seeds = self.seed[:B]
         span = span or int(t.max()) + 2 * G  # see the slack in __init__
-        drafts, draft_laws = self._draft(B, t, seeds, span)  # [B, G], [B, G, V]
+        drafts, draft_laws = self._draft(B, t, span)  # [B, G], [B, G, V]
 
         index = t[:, None] + self._arange[: G + 1]  # [B, G+1]: positions and target entries
         ids = torch.cat([self.pending[:B, None], drafts], 1)
@@ -395,7 +389,7 @@ class ModelRunner:
         logprobs = probs.gather(2, emitted[:, :, None])[..., 0].log()
         return tokens, logprobs, verdict.entropy, accepted
 
-    def _draft(self, B: int, t: torch.Tensor, seeds: torch.Tensor, span: int):
+    def _draft(self, B: int, t: torch.Tensor, span: int):
         """G draft tokens per row and the laws they were drawn from: [B, G] int64, [B, G, V].
 
         Depth 1 runs the G + 1 pending-pair places of every row (rows with fewer pairs compute
@@ -416,17 +410,10 @@ class ModelRunner:
             logits_at=n - 1,
         )
         logits, hidden = out.logits[:, 0], out.hidden  # [B, V]: the law of d_1; [B, 1, C]
-        if self.spec == "rejection" and not self._on_cuda:
-            uniforms = self._uniforms(self.draft_table, B, t, G)  # [B, G]
         drafts, laws = [], []
         for k in range(1, G + 1):
             law = self._laws(logits[:, None], rows, t + k)[:, 0]  # [B, V]
-            if self.spec != "rejection":
-                draft = law.argmax(-1)
-            elif self._on_cuda:
-                draft = sample_from_probs(law, seeds, t + k, slot=SLOT_DRAFT, validate=False)
-            else:
-                draft = draw_from_probs(law, uniforms[:, k - 1])
+            draft = law.argmax(-1) if self.spec != "rejection" else self._draw(law, rows, t + k, SLOT_DRAFT)
             drafts.append(draft)
             laws.append(law)
             if k == G:
@@ -480,6 +467,15 @@ class ModelRunner:
         if bool((ahead > RNG_WINDOW).any()):
             rows = (ahead > RNG_WINDOW // 2).nonzero().flatten()
             self._refill_rng(rows, self.position[rows] + 1)
+
+    def _draw(self, probs: torch.Tensor, rows: slice, positions: torch.Tensor, slot: int) -> torch.Tensor:
+        """One token per row of probs [R, V] (the slots ``rows``) at (seed, position, slot), [R] int64:
+        the Triton kernel on CUDA, the twin's draw with the table's uniform on CPU (same tokens)."""
+        if self._on_cuda:
+            return sample_from_probs(probs, self.seed[rows], positions, slot=slot, validate=False)
+        table = self.sample_table if slot == SLOT_SAMPLE else self.draft_table
+        offsets = positions - self.rng_base[rows]
+        return draw_from_probs(probs, table[rows].gather(1, offsets[:, None])[:, 0])
 
     def _uniforms(self, table: torch.Tensor, B: int, t: torch.Tensor, count: int) -> torch.Tensor:
         """[B, count] uniforms of positions t+1..t+count of rows 0..B-1 from a table."""
