@@ -51,15 +51,6 @@ def parse_json_object(raw: bytes) -> tuple[dict | None, str | None]:
     return body, None
 
 
-def has_lone_surrogate(text: str) -> bool:
-    """JSON can carry ``"\\ud800"``, which no UTF-8 encoder, tokenizer or JSON writer accepts."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
 async def wait_for_disconnect(receive: Receive) -> None:
     """Returns when the client has gone away; call it only after the body has been read."""
     while True:

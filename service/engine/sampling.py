@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..text import has_lone_surrogate
+
 MAX_NEW_TOKENS_LIMIT = 1 << 16  # beyond any context this engine serves; larger is a typo
 MAX_TEMPERATURE = 100.0  # flatter than uniform to float32 precision; larger is a typo
 TOP_K_LIMIT = (1 << 31) - 1  # SGLang keeps top_k in int32 tensors; a top_k >= the vocabulary means "off"
@@ -148,7 +150,7 @@ class SamplingParams:
                     f"sampling_params.stop: at most {MAX_STOP_STRINGS} strings of at most "
                     f"{MAX_STOP_STRING_CHARS} characters"
                 )
-            if any(_has_lone_surrogate(x) for x in stop):
+            if any(has_lone_surrogate(x) for x in stop):
                 raise BadRequest("sampling_params.stop holds a lone surrogate, which is not Unicode text")
             params.stop = [x for x in stop if x]  # an empty stop string never ends anything (SGLang)
         if "min_p" in known:
@@ -262,11 +264,3 @@ def _filtered_out(scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
     before = probs_sorted.cumsum(-1) - probs_sorted
     drop_sorted |= (before >= top_p[:, None]) & (top_p[:, None] < 1)
     return torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
-
-
-def _has_lone_surrogate(text: str) -> bool:
-    """Laws and sampling parameters are used where no web stack is installed (training, the GPU
-    check), so the HTTP edge's helper is imported only when text is checked."""
-    from ..httpguard import has_lone_surrogate
-
-    return has_lone_surrogate(text)

@@ -45,10 +45,10 @@ from bebop.service.httpguard import (
     BodyLimit,
     check_token,
     first_or_disconnect,
-    has_lone_surrogate,
     parse_json_object,
 )
 from bebop.service.model import Qwen3Model, load_model
+from bebop.service.text import has_lone_surrogate
 
 log = logging.getLogger(__name__)
 MAX_PROMPTS = 4096  # prompts in one /generate batch (the gateway's limit per rollout)

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from bebop.service.httpguard import has_lone_surrogate
+from bebop.service.text import has_lone_surrogate
 
 MAX_SAMPLES_PER_PROMPT = 1024
 MAX_PROMPTS = 4096
