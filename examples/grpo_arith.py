@@ -12,7 +12,7 @@ by a torch.distributed push from this process's memory (``push_weights``) on odd
 step's rollouts must carry the new weight version.
 
 The trainer is external: it starts ``bebop serve`` (or uses ``--url``), keeps its own copy of the
-policy (the checkpoint format is Hugging Face qwen3; ``bebop.service.model`` reads and writes it,
+policy (the checkpoint format is Hugging Face qwen3; ``bebop.model`` reads and writes it,
 as ``transformers`` would) and never calls the engines directly. The MTP draft head is not
 trained: it stays the pre-RL head, as in the paper, and its acceptance is what the modes compare.
 
@@ -43,8 +43,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from bebop.model import load_model, save_model
 from bebop.service.client import Prompt, RolloutClient, SamplingParams
-from bebop.service.model import load_model, save_model
 from bebop.training.tasks import ArithmeticTask, is_held_out
 from bebop.training.tokenizer import EOS_TOKEN, decode, encode, load_tokenizer
 

@@ -4,9 +4,9 @@ Note: ``bebop.kernels.tv_loss`` is the function (the issue's contract); import t
 names with ``from bebop.kernels.tv_loss import ...``, which goes through ``sys.modules``.
 """
 
-from bebop.kernels.rejection import ChainSample, chain_rejection_sample, draw_from_probs, sample_from_probs
-from bebop.kernels.rng import SLOT_ACCEPT, SLOT_DRAFT, SLOT_SAMPLE
-from bebop.kernels.tv_loss import (
+from .rejection import ChainSample, chain_rejection_sample, draw_from_probs, sample_from_probs
+from .rng import SLOT_ACCEPT, SLOT_DRAFT, SLOT_SAMPLE
+from .tv_loss import (
     ce_loss_reference,
     e2e_tv_loss,
     e2e_tv_loss_reference,

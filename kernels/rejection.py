@@ -54,8 +54,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bebop.kernels._triton import resolve_backend, tl, triton
-from bebop.kernels.rng import SLOT_ACCEPT, SLOT_SAMPLE, _uniform_f32, _uniform_f64, uniform_f32, uniform_f64
+from ._triton import resolve_backend, tl, triton
+from .rng import SLOT_ACCEPT, SLOT_SAMPLE, _uniform_f32, _uniform_f64, uniform_f32, uniform_f64
 
 # Fixed-point scale of the residual weights: 2**40 keeps V * 2**40 far inside int64 and drops
 # at most 2**-40 of probability per token.

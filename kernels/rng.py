@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bebop.kernels._triton import tl, triton
+from ._triton import tl, triton
 
 # Philox-4x32 round multipliers and Weyl key increments (Salmon et al., SC'11, "Random123").
 PHILOX_M0 = 0xD2511F53

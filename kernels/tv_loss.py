@@ -6,7 +6,8 @@ q = softmax(draft_logits) from the draft head, the per-token loss is
     TV(p, q) = 1 - sum_v min(p_v, q_v)
 
 and 1 - TV is exactly the acceptance probability of one draft token under rejection sampling.
-Its gradient with respect to the draft logits z has a closed form (PAPER_NOTES, "TV loss"):
+Its gradient with respect to the draft logits z has a closed form (differentiate
+sum_v min(p_v, q_v) through the softmax):
 
     dTV/dz_j = -q_j ([q_j <= p_j] - S) = q_j (S - 1 + [q_j > p_j]),   S = sum_v [q_v <= p_v] q_v
 
@@ -35,15 +36,14 @@ in training: TV, end-to-end TV, cross-entropy against the soft target, forward a
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import torch
 
-from bebop.kernels._triton import resolve_backend, tl, triton
+from ._triton import resolve_backend, tl, triton
 
 # Largest vocabulary tile one Triton program holds at once. 4096 fp32 lanes over 8 warps is
-# 16 values per thread for each live tile tensor; untuned, re-check with ``bench_tv_loss``.
+# 16 values per thread for each live tile tensor; untuned, re-check with ``bebop.bench.tv_loss``.
 MAX_BLOCK_V = 4096
 # Tiles at least this wide launch with 8 warps, narrower ones with 4 (Triton's usual default).
 _WIDE_BLOCK_V = 2048
@@ -185,67 +185,6 @@ def _kl(log_a: torch.Tensor, log_b: torch.Tensor) -> torch.Tensor:
     """KL(a || b) per row from log-probabilities; 0 log 0 = 0 where a rules a token out."""
     a = log_a.exp()
     return torch.where(a > 0, a * (log_a - log_b), torch.zeros_like(a)).sum(dim=-1)
-
-
-# --------------------------------------------------------------------------------------------
-# Benchmark (wired into ``bebop bench kernels``)
-# --------------------------------------------------------------------------------------------
-
-
-def bench_tv_loss(n: int, vocab: int, device: str, repeats: int) -> dict[str, Any]:
-    """Time forward + backward of the fused TV loss against ``tv_loss_reference`` (autograd).
-
-    The fused path is the Triton kernel pair on CUDA and the torch twin elsewhere. Inputs are
-    float32 [n, vocab] standard-normal logits. Times are means over ``repeats`` calls after one
-    warm-up call (which also compiles the kernels). Peak memory is the CUDA allocator's peak above
-    what was allocated before the timed calls, in MiB; ``None`` on CPU.
-    """
-    if n < 1 or vocab < 1 or repeats < 1:
-        raise ValueError(f"n, vocab and repeats must be >= 1, got {n}, {vocab}, {repeats}")
-    dev = torch.device(device)
-    gen = torch.Generator().manual_seed(0)
-    draft = torch.randn(n, vocab, generator=gen).to(dev)
-    target = torch.randn(n, vocab, generator=gen).to(dev)
-    backend = "triton" if dev.type == "cuda" else "torch"
-
-    def fused() -> None:
-        z = draft.detach().requires_grad_(True)
-        tv_loss(z, target, backend=backend).sum().backward()
-
-    def reference() -> None:
-        z = draft.detach().requires_grad_(True)
-        tv_loss_reference(z, target).sum().backward()
-
-    fused_ms, fused_peak_mb = _time_call(fused, dev, repeats)
-    reference_ms, reference_peak_mb = _time_call(reference, dev, repeats)
-    return {
-        "n": n,
-        "vocab": vocab,
-        "device": str(dev),
-        "fused_ms": fused_ms,
-        "reference_ms": reference_ms,
-        "speedup": reference_ms / fused_ms if fused_ms > 0 else None,
-        "fused_peak_mb": fused_peak_mb,
-        "reference_peak_mb": reference_peak_mb,
-    }
-
-
-def _time_call(fn: Any, dev: torch.device, repeats: int) -> tuple[float, float | None]:
-    """Mean milliseconds per call of ``fn`` and its peak extra CUDA memory in MiB (None on CPU)."""
-    cuda = dev.type == "cuda"
-    fn()  # warm-up: Triton compilation, allocator caches
-    if cuda:
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-        baseline = torch.cuda.memory_allocated(dev)
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if cuda:
-        torch.cuda.synchronize(dev)
-    ms = (time.perf_counter() - start) * 1000.0 / repeats
-    peak_mb = (torch.cuda.max_memory_allocated(dev) - baseline) / 2**20 if cuda else None
-    return ms, peak_mb
 
 
 # --------------------------------------------------------------------------------------------
@@ -618,7 +557,6 @@ def _online_softmax_step(m, d, x):
 __all__ = [
     "MAX_BLOCK_V",
     "TORCH_CHUNK_ELEMENTS",
-    "bench_tv_loss",
     "ce_loss_reference",
     "e2e_tv_loss",
     "e2e_tv_loss_reference",

@@ -58,9 +58,9 @@ def part_env() -> dict:
 def part_kernels() -> dict:
     import torch
 
+    from bebop.bench.kernels import chain_problem
     from bebop.kernels import chain_rejection_sample, sample_from_probs, tv_loss
     from bebop.kernels.tv_loss import e2e_tv_loss, e2e_tv_loss_reference, tv_loss_reference
-    from bebop.service.bench_kernels import chain_problem
 
     dev = torch.device("cuda")
     rows = []
@@ -133,7 +133,7 @@ def part_kernels() -> dict:
 
 
 def part_bench_kernels() -> dict:
-    from bebop.service.bench_kernels import run_kernel_bench
+    from bebop.bench.kernels import run_kernel_bench
 
     kernel = REPO / ".cache" / "sglang-0.5.23" / "reject_sampling.py"
     return run_kernel_bench(
@@ -144,11 +144,11 @@ def part_bench_kernels() -> dict:
 def part_engine() -> dict:
     import torch
 
-    from bebop.service.bench_engine import run_engine_bench, workload
+    from bebop.bench.engine import run_engine_bench, workload
+    from bebop.model import load_model
+    from bebop.model.demo_path import demo_model_dir
     from bebop.service.engine.runner import ModelRunner
     from bebop.service.engine.sampling import SamplingParams
-    from bebop.service.model import load_model
-    from bebop.training.demo_path import demo_model_dir
 
     model_dir = demo_model_dir()
     prompts = workload(model_dir)[:8]

@@ -16,10 +16,10 @@ import time
 import torch
 
 import bebop.service.engine.runner as runner_module
-from bebop.service.bench_engine import workload
+from bebop.bench.engine import workload
+from bebop.model import load_model
+from bebop.model.demo_path import demo_model_dir
 from bebop.service.engine.sampling import SamplingParams
-from bebop.service.model import load_model
-from bebop.training.demo_path import demo_model_dir
 
 
 def main() -> None:

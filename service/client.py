@@ -23,17 +23,17 @@ from typing import Any
 import httpx
 import torch
 
-from bebop.service.gateway.schemas import (
+from .gateway.schemas import (
     PromptIn as Prompt,
 )
-from bebop.service.gateway.schemas import (
+from .gateway.schemas import (
     RolloutRequest,
     RolloutResult,
 )
-from bebop.service.gateway.schemas import (
+from .gateway.schemas import (
     SamplingParamsIn as SamplingParams,
 )
-from bebop.service.weight_sync import (
+from .weight_push import (
     WeightPushError,
     broadcast_until_answered,
     join_as_rank0,

@@ -1,6 +1,6 @@
 """Statistical checks with a stated bound, shared by the sampling tests.
 
-The bound (ARCHITECTURE, "Kernel rules"): for n draws from a law with bin probability p,
+The bound: for n draws from a law with bin probability p,
 ``|count - n p| <= 6 sqrt(n p (1 - p)) + 5`` in every bin, and a bin of probability 0 is never hit.
 Six standard deviations make a false alarm about 2e-9 per bin, so suites of thousands of bins stay
 quiet, while a real bias of size d is caught once ``n d`` clears ``6 sqrt(n p) + 5``.

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bebop.service.model import ModelConfig, Qwen3Model, load_model, save_model
-from bebop.service.model.decoder import rope_cos_sin
-from bebop.service.model.hf_io import CONFIG_FILE, MTP_LAYERS_KEY, WEIGHTS_FILE, config_from_hf
-from bebop.service.model.mtp import MTPHead
+from ..model import ModelConfig, Qwen3Model, load_model, save_model
+from ..model.decoder import rope_cos_sin
+from ..model.hf_io import CONFIG_FILE, MTP_LAYERS_KEY, WEIGHTS_FILE, config_from_hf
+from ..model.mtp import MTPHead
 
 MTP_WEIGHTS_FILE = "mtp.safetensors"  # MTP weights written next to a foreign checkpoint
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

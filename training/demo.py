@@ -16,14 +16,14 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
-from bebop.service.model import ModelConfig, save_model
-from bebop.training.backbone import read_head
-from bebop.training.demo_path import demo_model_dir
-from bebop.training.mtp_eval import HEADS_DIR
-from bebop.training.mtp_train import LOSSES, TrainConfig, train_mtp
-from bebop.training.pretrain import pretrain_backbone
-from bebop.training.tasks import make_corpus
-from bebop.training.tokenizer import EOS_TOKEN, PAD_TOKEN, build_tokenizer, encode, save_tokenizer
+from ..model import ModelConfig, save_model
+from ..model.demo_path import demo_model_dir
+from .backbone import read_head
+from .mtp_eval import HEADS_DIR
+from .mtp_train import LOSSES, TrainConfig, train_mtp
+from .pretrain import pretrain_backbone
+from .tasks import make_corpus
+from .tokenizer import EOS_TOKEN, PAD_TOKEN, build_tokenizer, encode, save_tokenizer
 
 log = logging.getLogger(__name__)
 

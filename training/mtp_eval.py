@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from bebop.kernels import SLOT_DRAFT, chain_rejection_sample, sample_from_probs
-from bebop.service.model import Qwen3Model, load_model
-from bebop.service.model.mtp import mtp_chain_logits
-from bebop.training.backbone import OwnBackbone, head_tensors
-from bebop.training.mtp_train import chain_targets
+from ..kernels import SLOT_DRAFT, chain_rejection_sample, sample_from_probs
+from ..model import Qwen3Model, load_model
+from ..model.mtp import mtp_chain_logits
+from .backbone import OwnBackbone, head_tensors
+from .mtp_train import chain_targets
 
 HEADS_DIR = "heads"  # <model>/heads/<loss>.safetensors: alternative MTP heads shipped for comparison
 
@@ -139,7 +139,7 @@ def evaluate(
     """The ``eval-mtp --json`` report: one row per (task, head)."""
     from tokenizers import Tokenizer
 
-    from bebop.training.tasks import held_out_prompts
+    from .tasks import held_out_prompts
 
     model_dir = Path(model_dir)
     model = load_model(model_dir).eval()

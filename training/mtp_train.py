@@ -25,10 +25,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from bebop.kernels import e2e_tv_loss, tv_loss
-from bebop.kernels.tv_loss import ce_loss_reference, kl_loss_reference, reverse_kl_loss_reference
-from bebop.service.model.mtp import mtp_chain_logits
-from bebop.training.backbone import HFBackbone, OwnBackbone, open_backbone, read_head
+from ..kernels import e2e_tv_loss, tv_loss
+from ..kernels.tv_loss import ce_loss_reference, kl_loss_reference, reverse_kl_loss_reference
+from ..model.mtp import mtp_chain_logits
+from .backbone import HFBackbone, OwnBackbone, open_backbone, read_head
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,7 @@ def load_texts(cfg: TrainConfig) -> list[str]:
         if path.suffix == ".jsonl":
             return [json.loads(ln)["text"] for ln in lines]
         return lines
-    from bebop.training.tasks import make_corpus
+    from .tasks import make_corpus
 
     return make_corpus(cfg.tasks, cfg.corpus_size, cfg.seed)
 

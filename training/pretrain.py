@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from bebop.service.model import ModelConfig, Qwen3Model
-from bebop.training.mtp_train import make_batch
+from ..model import ModelConfig, Qwen3Model
+from .mtp_train import make_batch
 
 
 def pretrain_backbone(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bebop.training.mtp_eval import evaluate
+from .mtp_eval import evaluate
 
 SWEEP_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4)
 TASKS = ("arith", "story")

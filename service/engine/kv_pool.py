@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from bebop.service.model.decoder import PoolCache
+from ...model.decoder import PoolCache
 
 
 class SlotPool:

@@ -7,7 +7,7 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bebop.service.engine.scheduler import Request
+from .scheduler import Request
 
 ENTROPY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 RATE_WINDOW_S = 10.0  # window of the tokens/s gauge

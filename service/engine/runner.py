@@ -30,12 +30,12 @@ from dataclasses import dataclass
 
 import torch
 
-from bebop.kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, draw_from_probs, sample_from_probs
-from bebop.kernels.rng import uniform_table
-from bebop.service.engine.kv_pool import SlotPool, prefix_mask
-from bebop.service.engine.logit_processors import SlotProcessors
-from bebop.service.engine.sampling import GREEDY_TEMPERATURE, SamplingParams, target_probs
-from bebop.service.model import Qwen3Model
+from ...kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, draw_from_probs, sample_from_probs
+from ...kernels.rng import uniform_table
+from ...model import Qwen3Model
+from .kv_pool import SlotPool, prefix_mask
+from .logit_processors import SlotProcessors
+from .sampling import GREEDY_TEMPERATURE, SamplingParams, target_probs
 
 log = logging.getLogger(__name__)
 

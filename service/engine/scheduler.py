@@ -25,8 +25,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bebop.service.engine.runner import ModelRunner, SeqState, StepOutput
-from bebop.service.engine.sampling import SamplingParams
+from .runner import ModelRunner, SeqState, StepOutput
+from .sampling import SamplingParams
 
 log = logging.getLogger(__name__)
 

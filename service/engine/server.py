@@ -32,14 +32,8 @@ from fastapi import Request as HTTPRequest
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
 
-from bebop.service.engine.dist_update import WeightReceiver
-from bebop.service.engine.metrics import EngineMetrics
-from bebop.service.engine.runner import ModelRunner, default_device
-from bebop.service.engine.sampling import BadRequest, SamplingParams
-from bebop.service.engine.scheduler import Overloaded, Request, Scheduler
-from bebop.service.engine.stops import StopStrings, hold_back, trim_text
-from bebop.service.engine.weights import load_checked_state
-from bebop.service.httpguard import (
+from ...model import Qwen3Model, load_model
+from ..httpguard import (
     LOOPBACK,
     BearerAuth,
     BodyLimit,
@@ -47,8 +41,14 @@ from bebop.service.httpguard import (
     first_or_disconnect,
     parse_json_object,
 )
-from bebop.service.model import Qwen3Model, load_model
-from bebop.service.text import has_lone_surrogate
+from ..text import has_lone_surrogate
+from .checkpoint import load_checked_state
+from .metrics import EngineMetrics
+from .runner import ModelRunner, default_device
+from .sampling import BadRequest, SamplingParams
+from .scheduler import Overloaded, Request, Scheduler
+from .stops import StopStrings, hold_back, trim_text
+from .weight_receiver import WeightReceiver
 
 log = logging.getLogger(__name__)
 MAX_PROMPTS = 4096  # prompts in one /generate batch (the gateway's limit per rollout)

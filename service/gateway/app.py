@@ -19,11 +19,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import generate_latest
 
-from bebop.service.gateway.metrics import GatewayMetrics
-from bebop.service.gateway.middleware import LimitsAndMetrics
-from bebop.service.gateway.pool import EnginePool, NoEngineAvailable
-from bebop.service.gateway.rollouts import EngineRejected, Forwarder, RolloutService
-from bebop.service.gateway.schemas import (
+from ..httpguard import BodyLimit, bearer_matches, first_or_disconnect, parse_json_object
+from .metrics import GatewayMetrics
+from .middleware import LimitsAndMetrics
+from .pool import EnginePool, NoEngineAvailable
+from .reload import GroupMismatch, ReloadCoordinator, ReloadFailed
+from .rollouts import EngineRejected, Forwarder, RolloutService
+from .schemas import (
     EngineRequest,
     PauseRequest,
     RolloutRequest,
@@ -32,10 +34,8 @@ from bebop.service.gateway.schemas import (
     WeightPushRequest,
     WeightsRequest,
 )
-from bebop.service.gateway.settings import GatewaySettings
-from bebop.service.gateway.upstream import Upstream
-from bebop.service.gateway.weights import GroupMismatch, ReloadCoordinator, ReloadFailed
-from bebop.service.httpguard import BodyLimit, bearer_matches, first_or_disconnect, parse_json_object
+from .settings import GatewaySettings
+from .upstream import Upstream
 
 log = logging.getLogger(__name__)
 SGLANG_GENERATE_DOC = {

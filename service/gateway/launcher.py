@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from bebop.service.gateway.settings import GatewaySettings
+from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE_S = 5  # SIGTERM: in-flight calls get this long, then the gateway and its engines stop
@@ -86,7 +86,7 @@ def stop(procs: list[subprocess.Popen]) -> None:
 def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine_args: list[str]) -> None:
     import uvicorn
 
-    from bebop.service.gateway.app import build_app
+    from .app import build_app
 
     procs: list[subprocess.Popen] = []
     if not settings.engine_urls and not settings.engine_dns:

@@ -11,8 +11,8 @@ import collections
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from bebop.service.gateway.pool import EnginePool
-from bebop.service.gateway.schemas import RolloutResult
+from .pool import EnginePool
+from .schemas import RolloutResult
 
 FIT_WINDOW = 2048
 MAX_TASK_LABELS = 16  # without a configured set: the first tasks seen keep their name, later ones "other"

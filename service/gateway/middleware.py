@@ -12,7 +12,7 @@ import time
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from bebop.service.gateway.metrics import GatewayMetrics
+from .metrics import GatewayMetrics
 
 
 class LimitsAndMetrics:

@@ -13,7 +13,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from bebop.service.gateway.upstream import Upstream, UpstreamError
+from .upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 

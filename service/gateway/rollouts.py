@@ -18,9 +18,9 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bebop.service.gateway.pool import EnginePool, EngineState, NoEngineAvailable
-from bebop.service.gateway.schemas import RolloutRequest, RolloutResult, SpecStats
-from bebop.service.gateway.upstream import UpstreamError, UpstreamResponse
+from .pool import EnginePool, EngineState, NoEngineAvailable
+from .schemas import RolloutRequest, RolloutResult, SpecStats
+from .upstream import UpstreamError, UpstreamResponse
 
 log = logging.getLogger(__name__)
 BUSY_RETRY_FIRST_S = 0.05  # every engine answered busy: wait, then try again, doubling up to

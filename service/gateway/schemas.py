@@ -6,7 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from bebop.service.text import has_lone_surrogate
+from ..text import has_lone_surrogate
+from ..wire_dtypes import WireDtype
 
 MAX_SAMPLES_PER_PROMPT = 1024
 MAX_PROMPTS = 4096
@@ -120,7 +121,7 @@ class WeightPushRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     names: list[Annotated[Text, Field(max_length=1024)]] = Field(min_length=1, max_length=100_000)
-    dtypes: list[Literal["float32", "float16", "bfloat16", "float64"]] = Field(max_length=100_000)
+    dtypes: list[WireDtype] = Field(max_length=100_000)
     shapes: list[
         Annotated[list[Annotated[int, Field(ge=0, le=MAX_TENSOR_DIM)]], Field(max_length=MAX_TENSOR_DIMS)]
     ] = Field(max_length=100_000)

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bebop.service.httpguard import LOOPBACK, check_token
+from ..httpguard import LOOPBACK, check_token
 
 
 @dataclass

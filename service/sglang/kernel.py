@@ -172,7 +172,7 @@ def _delegate(reason: str) -> None:
 
 def _sglang_original():
     """SGLang's own kernel, loaded by file path so that the patch cannot reach it."""
-    from ...kernels.sglang_peer import find_sglang_kernel, load_sglang_kernel
+    from .stock_kernel import find_sglang_kernel, load_sglang_kernel
 
     return load_sglang_kernel(str(find_sglang_kernel())).chain_speculative_sampling_triton
 

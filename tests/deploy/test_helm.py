@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from bebop.service.cli import build_parser
+from bebop.cli import build_parser
 from tests.deploy.conftest import CHART, REPO, deploy_tool, run
 from tests.deploy.promql import DASHBOARD, RULES
 from tests.procs import BEBOP, free_port
@@ -483,8 +483,8 @@ def test_readme_lists_every_alert():
 def test_bebop_accepts_the_sglang_flags(rendered):
     """`bebop sglang-server` checks the speculative flags before it starts SGLang: the chart's pass.
     The model path is swapped for the demo checkpoint, which has the mtp.* head the check looks for."""
+    from bebop.model.demo_path import demo_model_dir
     from bebop.service.sglang.launcher import check_flags
-    from bebop.training.demo_path import demo_model_dir
 
     args = container(one(rendered, "gpu-tp2", "StatefulSet"), "engine")["args"]
     sglang_args = [a.replace("/models/model", str(demo_model_dir())) for a in args[2:]]

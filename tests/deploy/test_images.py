@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from bebop.service.cli import build_parser
+from bebop.cli import build_parser
 from tests.deploy.conftest import DEPLOY, REPO, deploy_tool, run
 from tests.procs import free_port
 
@@ -142,7 +142,7 @@ NO_MODEL_CODE = textwrap.dedent(
             if name.split(".")[0] in LEFT_OUT:
                 raise ImportError(f"{name} is not in the gateway image")
     sys.meta_path.insert(0, LeftOut())
-    from bebop.service.cli import main
+    from bebop.cli import main
     sys.exit(main(sys.argv[2:]))
     """
 )

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from bebop.training.demo_path import demo_model_dir
+from bebop.model.demo_path import demo_model_dir
 from tests.deploy.conftest import DEPLOY
 from tests.deploy.promql import Prometheus, dashboard_targets, grafana_to_promql, rules, series_names
 from tests.procs import BEBOP, free_port

@@ -5,7 +5,7 @@ by path; it imports only triton, so it runs in the CPU interpreter like ours. Th
 their coins differently (SGLang takes torch uniforms, we use Philox keyed by seed and position), so
 they agree token for token only where the answer is forced; elsewhere they must agree in law.
 
-SGLang's layout and how it is read back: ``bebop.kernels.sglang_peer``.
+SGLang's layout and how it is read back: ``bebop.bench.sglang_peer``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import pytest
 import torch
 from scipy.stats import chi2_contingency
 
-from bebop.kernels import sglang_peer
+from bebop.bench import sglang_peer
+from bebop.bench.sglang_peer import find_sglang_kernel, load_sglang_kernel
 from bebop.kernels.rejection import chain_rejection_sample
-from bebop.kernels.sglang_peer import find_sglang_kernel, load_sglang_kernel
 from tests.stats import accepted_count_law, assert_counts_follow
 
 pytestmark = pytest.mark.sglang

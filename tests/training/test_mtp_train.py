@@ -68,7 +68,7 @@ def test_trains_a_head_for_a_hugging_face_backbone(quick_model, tmp_path):
     (hf_dir / "config.json").write_text(json.dumps(raw))
     backbone = open_backbone(hf_dir)
     assert isinstance(backbone, HFBackbone)
-    ours = OwnBackbone(__import__("bebop.service.model", fromlist=["load_model"]).load_model(quick_model))
+    ours = OwnBackbone(__import__("bebop.model", fromlist=["load_model"]).load_model(quick_model))
     ids = torch.randint(0, 300, (2, 9))
     hidden_hf, logits_hf = backbone.states(ids)
     hidden_ours, logits_ours = ours.states(ids)

@@ -5,10 +5,10 @@ to float rounding: agreement is checked, not assumed, in scripts/gpu_check.py to
 import pytest
 import torch
 
+from bebop.model import load_model
+from bebop.model.demo_path import demo_model_dir
 from bebop.service.engine.runner import ModelRunner
 from bebop.service.engine.sampling import SamplingParams
-from bebop.service.model import load_model
-from bebop.training.demo_path import demo_model_dir
 
 pytestmark = pytest.mark.gpu
 

@@ -12,8 +12,8 @@ from tests.procs import free_port, running
 TRAINER = textwrap.dedent(
     """
     import json, sys, torch
-    from bebop.service.model import load_model, save_model
-    from bebop.service.weight_sync import WeightBroadcaster, WeightPushError
+    from bebop.model import load_model, save_model
+    from bebop.service.weight_push import WeightBroadcaster, WeightPushError
 
     engine_url, model_dir, out_dir, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     model = load_model(model_dir)

@@ -25,11 +25,11 @@ from transformers.generation.logits_process import (
 
 from bebop.kernels import SLOT_SAMPLE, draw_from_probs
 from bebop.kernels.rng import uniform_f64
+from bebop.model import ModelConfig, Qwen3Model
+from bebop.model.mtp import mtp_chain_logits
 from bebop.service.engine import runner as runner_module
 from bebop.service.engine.runner import ModelRunner
 from bebop.service.engine.sampling import SamplingParams
-from bebop.service.model import ModelConfig, Qwen3Model
-from bebop.service.model.mtp import mtp_chain_logits
 from bebop.training.mtp_train import chain_mask, chain_targets
 from tests.stats import bound_violations
 

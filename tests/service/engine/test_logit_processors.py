@@ -7,11 +7,11 @@ import threading
 import pytest
 import torch
 
+from bebop.model import load_model
 from bebop.service.engine.runner import ModelRunner
 from bebop.service.engine.sampling import BadRequest, SamplingParams
 from bebop.service.engine.scheduler import Request, Scheduler
 from bebop.service.engine.stops import StopStrings, hold_back, trim_text
-from bebop.service.model import load_model
 from tests.stats import assert_counts_follow
 
 

@@ -4,9 +4,9 @@ The exactness of the sampled law is tested in test_exactness.py."""
 
 import pytest
 
+from bebop.model import load_model
 from bebop.service.engine.runner import ModelRunner
 from bebop.service.engine.sampling import SamplingParams
-from bebop.service.model import load_model
 
 
 def generate(model, spec, prompts, seeds, n_tokens, temperature=1.0, max_running=None, top_k=-1, top_p=1.0):

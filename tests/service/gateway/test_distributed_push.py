@@ -16,7 +16,7 @@ TRAINER = textwrap.dedent(
     """
     import json, sys, torch
     from bebop.service.client import RolloutClient, RolloutError, WeightPushError
-    from bebop.service.model import load_model
+    from bebop.model import load_model
 
     gateway, model_dir, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     model = load_model(model_dir)

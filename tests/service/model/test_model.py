@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from bebop.service.model import ModelConfig, Qwen3Model, load_model, save_model
-from bebop.service.model.mtp import mtp_chain_logits
+from bebop.model import ModelConfig, Qwen3Model, load_model, save_model
+from bebop.model.mtp import mtp_chain_logits
 
 TINY = ModelConfig(
     vocab_size=101,

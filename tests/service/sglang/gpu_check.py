@@ -66,8 +66,8 @@ def main() -> None:
 
     import torch
 
+    from bebop.bench.sglang_peer import load_sglang_kernel
     from bebop.kernels.rejection import chain_rejection_sample
-    from bebop.kernels.sglang_peer import load_sglang_kernel
     from bebop.service.sglang.kernel import chain_speculative_sampling
 
     def no_entropy(**kw):

@@ -141,7 +141,7 @@ def verify_cases() -> dict[str, object]:
     """Patched (through eagle_utils' binding) against SGLang's original kernel on the same inputs."""
     from sglang.srt.speculative import eagle_utils
 
-    from bebop.kernels.sglang_peer import find_sglang_kernel, load_sglang_kernel
+    from bebop.bench.sglang_peer import find_sglang_kernel, load_sglang_kernel
     from bebop.service.sglang.kernel import take_last_result
 
     patched = eagle_utils.chain_speculative_sampling_triton

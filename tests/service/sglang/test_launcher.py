@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from bebop.model.demo_path import demo_model_dir
 from bebop.service.sglang.launcher import check_flags, has_mtp_weights, plugin_env, run_sglang_server
-from bebop.training.demo_path import demo_model_dir
 from tests.procs import BEBOP
 from tests.service.sglang.conftest import GOOD_FLAGS
 

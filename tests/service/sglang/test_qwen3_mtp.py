@@ -12,8 +12,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bebop.model.demo_path import demo_model_dir
 from bebop.service.sglang.qwen3_mtp import DRAFT_ARCH, draft_weights, target_weights
-from bebop.training.demo_path import demo_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from bebop.service.model.decoder import DecoderLayer, LayerCache, ModelConfig, PoolCache, RMSNorm
+from .decoder import DecoderLayer, LayerCache, ModelConfig, PoolCache, RMSNorm
 
 
 @dataclass

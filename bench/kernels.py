@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from bebop.kernels import sglang_peer
-from bebop.kernels.rejection import chain_rejection_sample, sample_from_probs
-from bebop.kernels.rng import SLOT_DRAFT
-from bebop.kernels.tv_loss import bench_tv_loss
+from ..kernels.rejection import chain_rejection_sample, sample_from_probs
+from ..kernels.rng import SLOT_DRAFT
+from . import sglang_peer
+from .tv_loss import bench_tv_loss
 
 
 def time_ms(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 2) -> float:

@@ -1,4 +1,4 @@
-"""Checkpoint validation before a hot swap: a bad checkpoint must never reach the serving model."""
+"""Checking weights before a hot swap: a bad checkpoint or push must never reach the serving model."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from bebop.service.model import Qwen3Model
-from bebop.service.model.hf_io import WEIGHTS_FILE, load_config
+from ...model import Qwen3Model
+from ...model.hf_io import WEIGHTS_FILE, load_config
 
 
 def load_checked_state(model_path: str | Path, current: Qwen3Model) -> dict[str, torch.Tensor]:
@@ -47,15 +47,24 @@ def load_checked_state(model_path: str | Path, current: Qwen3Model) -> dict[str,
             "the checkpoint has no mtp.* weights: the target and the draft head are updated together"
         )
     missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise ValueError(f"tensor names differ: missing {missing[:3]}, unexpected {extra[:3]}")
-    for name, ref in expected.items():
-        t = state[name]
+    if missing:
+        raise ValueError(f"tensor names differ: missing {missing[:3]}")
+    check_tensors(state, expected)
+    return state
+
+
+def check_tensors(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Every tensor is one the serving model has (``expected``: its state dict), with the same shape
+    and dtype, and finite. A full checkpoint and a partial distributed push both pass through here.
+    Raises ValueError saying what is wrong."""
+    extra = sorted(set(tensors) - set(expected))
+    if extra:
+        raise ValueError(f"unknown tensor names {extra[:3]}")
+    for name, t in tensors.items():
+        ref = expected[name]
         if t.shape != ref.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}")
         if t.dtype != ref.dtype:
             raise ValueError(f"{name} has dtype {t.dtype}, expected {ref.dtype}")
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} holds NaN or Inf")
-    return state

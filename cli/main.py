@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _bench_kernels(args: argparse.Namespace) -> int:
-    from bebop.service.bench_kernels import format_report, run_kernel_bench
+    from ..bench.kernels import format_report, run_kernel_bench
 
     report = run_kernel_bench(
         batches=args.batch,
@@ -27,8 +27,8 @@ def _bench_kernels(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from bebop.service.engine.server import EngineConfig, check_listen, serve_engine
-    from bebop.training.demo_path import demo_model_dir
+    from ..model.demo_path import demo_model_dir
+    from ..service.engine.server import EngineConfig, check_listen, serve_engine
 
     cfg = EngineConfig(
         model_path=args.model or str(demo_model_dir()),
@@ -58,7 +58,7 @@ def _engine(args: argparse.Namespace) -> int:
 
 
 def _sglang_server(args: argparse.Namespace) -> int:
-    from bebop.service.sglang.launcher import run_sglang_server
+    from ..service.sglang.launcher import run_sglang_server
 
     return run_sglang_server(
         args.sglang_args, python=args.python, check=not args.no_check, dry_run=args.dry_run
@@ -66,8 +66,8 @@ def _sglang_server(args: argparse.Namespace) -> int:
 
 
 def _bench_gateway(args: argparse.Namespace) -> int:
-    from bebop.service.gateway.bench import Workload, find_smg, run_gateway_bench
-    from bebop.training.demo_path import demo_model_dir
+    from ..bench.gateway import Workload, find_smg, run_gateway_bench
+    from ..model.demo_path import demo_model_dir
 
     workloads = [Workload(args.concurrency, args.requests, args.max_new_tokens)]
     if args.short:  # many tiny requests: the gateway's own per-request cost, not the engines'
@@ -93,8 +93,8 @@ def _bench_gateway(args: argparse.Namespace) -> int:
 
 
 def _bench_engine(args: argparse.Namespace) -> int:
-    from bebop.service.bench_engine import run_engine_bench
-    from bebop.training.demo_path import demo_model_dir
+    from ..bench.engine import run_engine_bench
+    from ..model.demo_path import demo_model_dir
 
     report = run_engine_bench(
         Path(args.model) if args.model else demo_model_dir(),
@@ -129,9 +129,9 @@ def _bench_engine(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from bebop.service.gateway.launcher import serve
-    from bebop.service.gateway.settings import GatewaySettings
-    from bebop.training.demo_path import demo_model_dir
+    from ..model.demo_path import demo_model_dir
+    from ..service.gateway.launcher import serve
+    from ..service.gateway.settings import GatewaySettings
 
     try:
         settings = GatewaySettings.from_env(
@@ -152,7 +152,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _train_mtp(args: argparse.Namespace) -> int:
-    from bebop.training.mtp_train import TrainConfig, train_mtp
+    from ..training.mtp_train import TrainConfig, train_mtp
 
     cfg = TrainConfig(
         model=args.model,
@@ -176,7 +176,7 @@ def _train_mtp(args: argparse.Namespace) -> int:
 
 
 def _eval_mtp(args: argparse.Namespace) -> int:
-    from bebop.training.mtp_eval import evaluate
+    from ..training.mtp_eval import evaluate
 
     report = evaluate(
         args.model,
@@ -201,8 +201,8 @@ def _eval_mtp(args: argparse.Namespace) -> int:
 
 
 def _mtp_results(args: argparse.Namespace) -> int:
-    from bebop.training.demo_path import demo_model_dir
-    from bebop.training.results import write_results
+    from ..model.demo_path import demo_model_dir
+    from ..training.results import write_results
 
     print(
         write_results(
@@ -213,10 +213,10 @@ def _mtp_results(args: argparse.Namespace) -> int:
 
 
 def _demo_model(args: argparse.Namespace) -> int:
-    from bebop.training.demo_path import demo_model_dir
+    from ..model.demo_path import demo_model_dir
 
     if args.build:
-        from bebop.training.demo import DemoRecipe, build_demo_model
+        from ..training.demo import DemoRecipe, build_demo_model
 
         recipe = DemoRecipe(seed=args.seed)
         if args.quick:  # a smoke-sized model for tests: same code path, minutes -> seconds
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per engine call is noise
     args = build_parser().parse_args(argv)
     if getattr(args, "command", None) == "eval-mtp" and args.model is None:
-        from bebop.training.demo_path import demo_model_dir
+        from ..model.demo_path import demo_model_dir
 
         args.model = str(demo_model_dir())
     return args.func(args)

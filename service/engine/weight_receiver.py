@@ -15,14 +15,9 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from bebop.service.model import Qwen3Model
-
-DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float64": torch.float64,
-}
+from ...model import Qwen3Model
+from ..wire_dtypes import torch_dtype
+from .checkpoint import check_tensors
 
 
 class WeightReceiver:
@@ -72,9 +67,7 @@ class WeightReceiver:
             raise ValueError(f"unknown group_name {group_name!r}; this engine joined {self.group_name!r}")
         if not (len(names) == len(dtypes) == len(shapes)) or not names:
             raise ValueError("names, dtypes and shapes must be non-empty lists of the same length")
-        for d in dtypes:
-            if d not in DTYPES:
-                raise ValueError(f"dtype {d!r} is not one of {sorted(DTYPES)}")
+        torch_dtypes = [torch_dtype(d) for d in dtypes]  # ValueError before anything is received
         received = {}
         # nccl moves CUDA buffers only; gloo here moves CPU ones (swapping copies them to the model)
         device = next(model.parameters()).device if self.backend == "nccl" else torch.device("cpu")
@@ -82,18 +75,9 @@ class WeightReceiver:
             raise ValueError("the nccl backend needs an engine on CUDA (bebop engine --device cuda)")
         with self.lock:
             # Receive everything the trainer sends even if a name is bad, or the group deadlocks.
-            for name, dtype, shape in zip(names, dtypes, shapes, strict=True):
-                buf = torch.empty([int(x) for x in shape], dtype=DTYPES[dtype], device=device)
+            for name, dtype, shape in zip(names, torch_dtypes, shapes, strict=True):
+                buf = torch.empty([int(x) for x in shape], dtype=dtype, device=device)
                 dist.broadcast(buf, src=0)
                 received[name] = buf
-        expected = model.state_dict()
-        for name, t in received.items():
-            if name not in expected:
-                raise ValueError(f"unknown tensor name {name!r}")
-            if t.shape != expected[name].shape:
-                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(expected[name].shape)}")
-            if t.dtype != expected[name].dtype:
-                raise ValueError(f"{name} has dtype {t.dtype}, expected {expected[name].dtype}")
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} holds NaN or Inf")
+        check_tensors(received, model.state_dict())
         return received

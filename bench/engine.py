@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from bebop.service.engine.kv_pool import prefix_mask
-from bebop.service.engine.runner import ModelRunner, default_device
-from bebop.service.engine.sampling import SamplingParams
-from bebop.service.model import load_model
+from ..model import load_model
+from ..service.engine.kv_pool import prefix_mask
+from ..service.engine.runner import ModelRunner, default_device
+from ..service.engine.sampling import SamplingParams
 
 SPECS = ("none", "target_only", "rejection")
 
@@ -36,7 +36,7 @@ def workload(model_dir: Path, n: int = 16) -> list[list[int]]:
     """n held-out prompts, story and arithmetic alternating (high and low entropy)."""
     from tokenizers import Tokenizer
 
-    from bebop.training.tasks import held_out_prompts
+    from ..training.tasks import held_out_prompts
 
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
     story, arith = held_out_prompts("story", n, 0), held_out_prompts("arith", n, 0)

@@ -204,7 +204,7 @@ class Qwen3Model(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        from bebop.service.model.mtp import MTPHead  # the MTP file imports this one's blocks
+        from .mtp import MTPHead  # the MTP file imports this one's blocks
 
         self.config = cfg
         self.model = Backbone(cfg)

@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bebop.service.gateway.pool import EnginePool
-from bebop.service.gateway.upstream import UpstreamError
+from .pool import EnginePool
+from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from bebop.service.model.decoder import ModelConfig, Qwen3Model
+from .decoder import ModelConfig, Qwen3Model
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"

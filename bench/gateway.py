@@ -28,7 +28,7 @@ from pathlib import Path
 import aiohttp
 import httpx
 
-from bebop.service.gateway.launcher import free_port, spawn_engines, stop
+from ..service.gateway.launcher import free_port, spawn_engines, stop
 
 
 @dataclass(frozen=True)
