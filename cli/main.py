@@ -142,6 +142,7 @@ def _serve(args: argparse.Namespace) -> int:
             weights_roots=[Path(p) for p in args.weights_root or []],
             max_inflight=args.max_inflight,
             request_timeout_s=args.request_timeout,
+            routing_policy=args.routing_policy,
         )
     except ValueError as err:
         logging.getLogger("bebop").error("%s", err)
@@ -255,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-inflight", type=int, default=4096, help="rollout samples in flight before 429 + Retry-After"
     )
     serve.add_argument("--request-timeout", type=float, default=600.0, help="seconds per engine call")
+    serve.add_argument(
+        "--routing-policy",
+        default=None,
+        help="which engine serves a request: sticky (default: a session keeps its engine, else least "
+        "outstanding), least_outstanding or round_robin; also BEBOP_ROUTING_POLICY",
+    )
     serve.set_defaults(func=_serve)
 
     engine = commands.add_parser("engine", help="run the embedded engine (SGLang-compatible HTTP server)")

@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,8 @@ import httpx
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
-SHUTDOWN_GRACE_S = 5  # SIGTERM: in-flight calls get this long, then the gateway and its engines stop
+HEALTH_POLL_S = 0.2  # how often start-up asks a new engine's /health
+HEALTH_CALL_TIMEOUT_S = 2.0  # one /health call during start-up; a slow answer is asked again
 
 
 def free_port() -> int:
@@ -41,10 +43,16 @@ def _die_with_parent(parent: int) -> None:
 
 
 def spawn_engines(
-    n: int, model: str, spec: str, extra: list[str], token: str | None = None
+    n: int,
+    model: str,
+    spec: str,
+    extra: list[str],
+    token: str | None = None,
+    start_timeout_s: float = GatewaySettings.engine_start_timeout_s,
 ) -> tuple[list[subprocess.Popen], list[str]]:
-    """Start n ``bebop engine`` children on loopback ports; wait until each answers /health.
-    They require ``token`` (BEBOP_ENGINE_TOKEN), so other local users cannot drive them."""
+    """Start n ``bebop engine`` children on loopback ports; wait (``start_timeout_s`` for all) until
+    each answers /health. They require ``token`` (BEBOP_ENGINE_TOKEN), so other local users cannot
+    drive them."""
     bebop = str(Path(sys.executable).parent / "bebop")
     env = {**os.environ, "BEBOP_ENGINE_TOKEN": token} if token else None
     procs, urls = [], []
@@ -54,21 +62,21 @@ def spawn_engines(
         preexec = functools.partial(_die_with_parent, os.getpid())
         procs.append(subprocess.Popen(cmd, preexec_fn=preexec, env=env))
         urls.append(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + start_timeout_s
     for proc, url in zip(procs, urls, strict=True):
         while True:
             if proc.poll() is not None:
                 stop(procs)
                 raise RuntimeError(f"engine {url} exited with {proc.returncode} during start-up")
             try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                if httpx.get(url + "/health", timeout=HEALTH_CALL_TIMEOUT_S).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 stop(procs)
                 raise TimeoutError(f"engine {url} did not start")
-            time.sleep(0.2)
+            time.sleep(HEALTH_POLL_S)
     return procs, urls
 
 
@@ -84,20 +92,25 @@ def stop(procs: list[subprocess.Popen]) -> None:
 
 
 def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine_args: list[str]) -> None:
+    """Run the gateway until SIGTERM. Without engine URLs or DNS names, first start ``engines``
+    embedded engines; the settings that name them are a new, validated object (``settings`` itself
+    is never changed), and that one object is what the app is built from."""
     import uvicorn
 
     from .app import build_app
 
     procs: list[subprocess.Popen] = []
-    if not settings.engine_urls and not settings.engine_dns:
-        # children get a token even when the operator set none: only this gateway talks to them
-        settings.engine_token = settings.engine_token or secrets.token_urlsafe(24)
-        settings.weights_roots.append(Path(model).resolve())
-        roots = [arg for root in settings.weights_roots for arg in ("--weights-root", str(root))]
-        procs, settings.engine_urls = spawn_engines(
-            engines, model, spec, [*engine_args, *roots], settings.engine_token
-        )
     try:
+        if not settings.engine_urls and not settings.engine_dns:
+            # children get a token even when the operator set none: only this gateway talks to them
+            token = settings.engine_token or secrets.token_urlsafe(24)
+            roots = [*settings.weights_roots, Path(model).resolve()]
+            root_args = [arg for root in roots for arg in ("--weights-root", str(root))]
+            procs, urls = spawn_engines(
+                engines, model, spec, [*engine_args, *root_args], token, settings.engine_start_timeout_s
+            )
+            settings = replace(settings, engine_token=token, weights_roots=roots, engine_urls=urls)
+            settings.validate()
         log.info(
             "gateway on %s:%d in front of %s", settings.host, settings.port, ", ".join(settings.engine_urls)
         )
@@ -106,7 +119,7 @@ def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine
             host=settings.host,
             port=settings.port,
             log_level="warning",
-            timeout_graceful_shutdown=SHUTDOWN_GRACE_S,
+            timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
     finally:
         stop(procs)

@@ -1,8 +1,10 @@
-"""The engine pool: health, circuit breaking and least-outstanding-work routing (sticky by session).
+"""The engine pool: health, circuit breaking, discovery, and routing through a policy.
 
 Each engine speaks SGLang's native HTTP protocol (``bebop engine`` or SGLang with the plugin).
 The pool polls ``/health`` and ``/model_info`` (for ``weight_version``); an engine that fails
-``failures_to_open`` calls in a row is taken out of rotation until a health check passes.
+``failures_to_open`` calls in a row is taken out of rotation until a health check passes. Which
+healthy engine serves a request is the routing policy's choice (``routing/``; by default sticky by
+session over least outstanding work).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
+from .routing import DEFAULT_POLICY, RequestInfo, RoutingPolicy, make_policy
 from .upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -49,8 +52,9 @@ class EngineState:
 class EnginePool:
     client: Upstream
     failures_to_open: int = 3
+    health_timeout_s: float = 5.0  # per /health and /model_info call of a health check
+    policy: RoutingPolicy = field(default_factory=lambda: make_policy(DEFAULT_POLICY))
     engines: dict[str, EngineState] = field(default_factory=dict)
-    sessions: dict[str, str] = field(default_factory=dict)  # session_id -> engine url
     discovered: set[str] = field(default_factory=set)  # urls that came from DNS
 
     def add(self, url: str) -> EngineState:
@@ -61,28 +65,22 @@ class EnginePool:
 
     def remove(self, url: str) -> bool:
         url = url.rstrip("/")
-        self.sessions = {s: u for s, u in self.sessions.items() if u != url}
+        self.policy.on_removed(url)
         return self.engines.pop(url, None) is not None
 
     def healthy(self) -> list[EngineState]:
         return [e for e in self.engines.values() if e.healthy]
 
     def select(self, session_id: str | None = None, exclude: set[str] | None = None) -> EngineState:
-        """Least outstanding work among healthy engines; a session sticks to its engine while healthy."""
-        exclude = exclude or set()
-        candidates = [e for e in self.healthy() if e.url not in exclude]
-        if not candidates:
+        """The policy's choice among healthy engines not in ``exclude``; NoEngineAvailable when none."""
+        request = RequestInfo(session_id, frozenset(exclude or ()))
+        chosen = self.policy.select(list(self.engines.values()), request)
+        if chosen is None:
             raise NoEngineAvailable("no healthy engine is available")
-        if session_id is not None:
-            url = self.sessions.get(session_id)
-            if url in self.engines and self.engines[url].healthy and url not in exclude:
-                return self.engines[url]
-        chosen = min(candidates, key=lambda e: (e.outstanding, e.served))
-        if session_id is not None:
-            self.sessions[session_id] = chosen.url
         return chosen
 
     def record_failure(self, engine: EngineState) -> None:
+        self.policy.on_done(engine, success=False)
         engine.consecutive_failures += 1
         if engine.consecutive_failures >= self.failures_to_open and engine.healthy:
             log.warning(
@@ -91,13 +89,14 @@ class EnginePool:
             engine.healthy = False
 
     def record_success(self, engine: EngineState) -> None:
+        self.policy.on_done(engine, success=True)
         engine.consecutive_failures = 0
         engine.served += 1
 
     async def check(self, engine: EngineState) -> None:
         try:
-            r = await self.client.get(engine.url + "/health", 5.0)
-            info = await self.client.get(engine.url + "/model_info", 5.0)
+            r = await self.client.get(engine.url + "/health", self.health_timeout_s)
+            info = await self.client.get(engine.url + "/model_info", self.health_timeout_s)
             ok = r.status_code == 200 and info.status_code == 200
             if ok:
                 data = info.json()

@@ -61,6 +61,7 @@ class ReloadCoordinator:
     pool: EnginePool
     roots: list[Path]
     timeout_s: float = 600.0
+    info_timeout_s: float = 30.0  # /model_info and /server_info reads (checks, not weight transfers)
     continue_aborted: bool = False  # the last reload's choice for the samples it aborted
     last_abort: float = 0.0  # monotonic time of the last /v1/abort: samples older than it stay aborted
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -333,7 +334,7 @@ class ReloadCoordinator:
     async def _all_info(self, urls: list[str], path: str) -> dict[str, dict]:
         async def info(url: str) -> dict:
             try:
-                return (await self.pool.client.get(url + path, 30)).json()
+                return (await self.pool.client.get(url + path, self.info_timeout_s)).json()
             except (UpstreamError, ValueError):
                 return {}
 

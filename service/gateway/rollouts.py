@@ -14,10 +14,11 @@ import logging
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from .inflight import Ticket, hold
 from .pool import EnginePool, EngineState, NoEngineAvailable
 from .schemas import RolloutRequest, RolloutResult, SpecStats
 from .upstream import UpstreamError, UpstreamResponse
@@ -49,8 +50,8 @@ class Forwarder:
         self, body: dict[str, Any], session_id: str | None = None
     ) -> UpstreamResponse:
         """The engine's answer, unparsed: the pass-through relays its bytes as they are."""
-        engine, r = await self._open(body, session_id, stream=False)
-        engine.outstanding -= 1  # no await between the answer and here: nothing can leak
+        engine, held, r = await self._open(body, session_id, stream=False)
+        held.release()  # no await between the answer and here: nothing can leak
         self.pool.record_success(engine)
         return r
 
@@ -60,8 +61,13 @@ class Forwarder:
         Retries happen only before the first byte; an engine that fails mid-stream ends the stream
         with an explicit SSE error event rather than a silent cut.
         """
-        engine, r = await self._open(body, session_id, stream=True)
-        release = _once(lambda: _settle(engine, r))
+        engine, held, r = await self._open(body, session_id, stream=True)
+
+        def settle() -> None:
+            held.release()
+            r.close()
+
+        done = Ticket(settle)  # the relay's end and the finalizer below may both get here
 
         async def relay() -> AsyncIterator[bytes]:
             try:
@@ -73,20 +79,20 @@ class Forwarder:
                 message = f"engine {engine.url} failed mid-stream: {err}"
                 yield f"data: {json.dumps({'error': {'message': message, 'code': 502}})}\n\n".encode()
             finally:
-                release()
+                done.release()
 
         stream = relay()
         # a client that leaves before the first chunk leaves the generator unstarted: its finally
         # never runs, so the count and the engine connection are released when it is collected
-        weakref.finalize(stream, release)
+        weakref.finalize(stream, done.release)
         return stream
 
     async def _open(
         self, body: dict[str, Any], session_id: str | None, stream: bool
-    ) -> tuple[EngineState, Any]:
-        """The first engine that answers 2xx, with its response (streaming or read) and its
-        ``outstanding`` count still raised: the caller lowers it when done. The response is an
-        ``UpstreamStream`` when ``stream``, else an ``UpstreamResponse``."""
+    ) -> tuple[EngineState, Ticket, Any]:
+        """The first engine that answers 2xx, with its ``outstanding`` ticket still held (the caller
+        releases it when done) and its response: an ``UpstreamStream`` when ``stream``, else an
+        ``UpstreamResponse``."""
         failed: set[str] = set()  # engines that broke: not tried again for this request
         busy: set[str] = set()  # engines that answered 429/503: tried again after a pause
         last_error = "no engine tried"
@@ -101,7 +107,7 @@ class Forwarder:
                     pause, busy = min(2 * pause, BUSY_RETRY_MAX_S), set()
                     continue
                 raise NoEngineAvailable(f"no healthy engine could serve the request ({last_error})") from None
-            engine.outstanding += 1
+            held = hold(engine)
             url = engine.url + "/generate"
             r: Any = None
             handed_over = False
@@ -118,7 +124,7 @@ class Forwarder:
                     r = await self.pool.client.post(url, body, self.timeout_s)
                 if r.status_code < 400:
                     handed_over = True
-                    return engine, r
+                    return engine, held, r
             except UpstreamError as err:  # nothing came back: safe to retry elsewhere (same seed)
                 self.pool.record_failure(engine)
                 failed.add(engine.url)
@@ -126,7 +132,7 @@ class Forwarder:
                 continue
             finally:  # also when the caller is cancelled mid-call: the count must come back down
                 if not handed_over:
-                    engine.outstanding -= 1
+                    held.release()
                     if hasattr(r, "close"):
                         r.close()
             if r.status_code in (429, 503):  # busy, not broken: try another engine, then wait
@@ -140,23 +146,6 @@ class Forwarder:
                 continue
             # a 4xx is the request's fault, never the engine's: the breaker does not count it
             raise EngineRejected(r.status_code, _message(r))
-
-
-def _once(fn: Callable[[], None]) -> Callable[[], None]:
-    done = False
-
-    def call() -> None:
-        nonlocal done
-        if not done:
-            done = True
-            fn()
-
-    return call
-
-
-def _settle(engine: EngineState, stream: Any) -> None:
-    engine.outstanding -= 1
-    stream.close()
 
 
 def _message(r: UpstreamResponse) -> str:

@@ -61,8 +61,15 @@ class UpstreamStream:
 class Upstream:
     """One connection pool for all engines; create it inside the event loop that uses it."""
 
-    def __init__(self, timeout_s: float, max_connections: int = 2048, token: str | None = None):
-        self.timeout_s = timeout_s
+    def __init__(
+        self,
+        timeout_s: float,
+        max_connections: int = 2048,
+        token: str | None = None,
+        connect_timeout_s: float = 10.0,
+    ):
+        self.timeout_s = timeout_s  # between bytes of an answer (a long generation is slow, not dead)
+        self.connect_timeout_s = connect_timeout_s
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
         # BEBOP_ENGINE_TOKEN, as SGLang's --api-key expects it
@@ -78,7 +85,9 @@ class Upstream:
         return self._session
 
     def _timeout(self, timeout_s: float | None) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout_s or self.timeout_s)
+        return aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout_s, sock_read=timeout_s or self.timeout_s
+        )
 
     async def get(self, url: str, timeout_s: float | None = None) -> UpstreamResponse:
         return await self._call("GET", url, None, timeout_s)
