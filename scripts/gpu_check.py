@@ -3,7 +3,7 @@
     bash scripts/gpu_check.sh [OUT_DIR]      # what a session with a GPU runs first
 
 Runs with the GPU machine's own python3 (its torch and triton), importing Bebop from this checkout
-through a temporary package tree (pyproject's package-dir mapping) since nothing is installed there.
+through a temporary package tree (setup.py's PACKAGE_ROOTS mapping) since nothing is installed there.
 Each part is timed and guarded on its own, so one failure still leaves the others' results:
 
   env         card, driver-visible memory, torch and triton versions
@@ -21,6 +21,7 @@ Writes OUT_DIR/gpu_check.json and prints it. GPU_CHECK_PARTS=env,engine (say) ru
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -32,12 +33,23 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def package_roots() -> dict[str, str]:
+    """setup.py's PACKAGE_ROOTS (top-level folder -> bebop subpackage), read without running setup()."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            getattr(t, "id", None) == "PACKAGE_ROOTS" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise RuntimeError("setup.py has no PACKAGE_ROOTS")
+
+
 def import_bebop_from_checkout() -> None:
     site = Path(tempfile.mkdtemp()) / "bebop"
     site.mkdir()
     (site / "__init__.py").write_text("")
-    for name in ("kernels", "service", "training"):
-        (site / name).symlink_to(REPO / name, target_is_directory=True)
+    for folder, package in package_roots().items():
+        (site / package.removeprefix("bebop.")).symlink_to(REPO / folder, target_is_directory=True)
     sys.path.insert(0, str(site.parent))
 
 

@@ -180,16 +180,23 @@ class ModelRunner:
 
     @torch.no_grad()
     def prefill(
-        self, prompt: list[int], params: SamplingParams, seed: int, resume_token: int | None = None
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        seed: int,
+        resume_token: int | None = None,
+        history: list[int] | None = None,
     ) -> tuple[SeqState, StepOutput]:
         """Run the prompt and sample the first token at position len(prompt). Needs a free slot.
 
         ``resume_token`` re-admits a retracted sequence: ``prompt`` is everything before its
         pending token, which is kept instead of sampled, so the continuation draws the same
-        counter-RNG numbers at the same positions as if it had never left the batch.
+        counter-RNG numbers at the same positions as if it had never left the batch. ``history``:
+        the tokens it output before the pending one (the tail of ``prompt``), for the penalties.
         """
         resume = None if resume_token is None else [resume_token]
-        return self.prefill_group([prompt], [params], [seed], resume)[0]
+        histories = None if history is None else [history]
+        return self.prefill_group([prompt], [params], [seed], resume, histories)[0]
 
     @torch.no_grad()
     def prefill_group(
@@ -198,6 +205,7 @@ class ModelRunner:
         params: list[SamplingParams],
         seeds: list[int],
         resume_tokens: list[int] | None = None,
+        histories: list[list[int]] | None = None,
     ) -> list[tuple[SeqState, StepOutput]]:
         """``prefill`` for R prompts of one length in one forward (a GRPO group: n samples of a
         prompt). Needs R free slots. Each row's tokens are those it would get alone.
@@ -220,7 +228,7 @@ class ModelRunner:
             self._owner[slot] = states[-1]
         try:
             tokens, probs = self._prefill(
-                slice(states[0].slot, states[-1].slot + 1), prompts, states, resume_tokens
+                slice(states[0].slot, states[-1].slot + 1), prompts, states, resume_tokens, histories
             )
         except BaseException:
             for state in reversed(states):
@@ -234,7 +242,12 @@ class ModelRunner:
         )
 
     def _prefill(
-        self, rows: slice, prompts: list[list[int]], states: list[SeqState], resume_tokens: list[int] | None
+        self,
+        rows: slice,
+        prompts: list[list[int]],
+        states: list[SeqState],
+        resume_tokens: list[int] | None,
+        histories: list[list[int]] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts [R, n] into the slots ``rows``: ([R] first tokens, [R, V] their laws)."""
         R, n, dev = len(prompts), len(prompts[0]), self.device
@@ -243,11 +256,11 @@ class ModelRunner:
         self.temperature[rows] = torch.tensor([p.temperature for p in params], device=dev)
         self.top_k[rows] = torch.tensor([p.top_k for p in params], device=dev)
         self.top_p[rows] = torch.tensor([p.top_p for p in params], device=dev)
-        for state in states:
+        for i, state in enumerate(states):
             slot, prm = state.slot, state.params
             self._greedy[slot] = prm.temperature < GREEDY_TEMPERATURE
             self._filtered[slot] = 0 < prm.top_k < self.vocab_size or prm.top_p < 1
-            self.procs.admit(slot, prm, n)
+            self.procs.admit(slot, prm, n, None if histories is None else histories[i])
         if not self._on_cuda:
             self._refill_rng(self._arange[rows], torch.full((R,), n))
         ids = torch.tensor(prompts, device=dev)  # [R, n]
@@ -259,6 +272,7 @@ class ModelRunner:
             tokens = torch.tensor(resume_tokens, device=dev)
         else:
             tokens = self._draw(probs, rows, torch.full((R,), n, device=dev), SLOT_SAMPLE)
+        self.procs.record(rows, tokens[:, None])
         self.position[rows], self.pending[rows] = n, tokens
         if self.G:
             model = self.model
@@ -289,6 +303,7 @@ class ModelRunner:
         if not self._on_cuda:
             self._refresh_rng(B)
         tokens, logprobs, entropy, accepted = self._run(B)
+        self.procs.record(slice(0, B), tokens, accepted)  # outside any graph: a host decision
         outputs = _outputs(tokens, logprobs, entropy, self.G, accepted)
         for s in states:
             s.position += len(outputs[s.slot].tokens)
@@ -305,10 +320,12 @@ class ModelRunner:
         self.n_pend[B:bucket] = 1
         if not self._on_cuda:
             self.rng_base[B:bucket] = 1  # their table reads start at entry 0
-        if not self.cuda_graphs:
-            return tuple(None if t is None else t[:B] for t in core(bucket, self.kv.max_len))
         rows = slice(0, bucket)
-        key = (bucket, any(self._filtered[rows]), any(self._greedy[rows]), self.procs.any(rows))
+        # The processors choose their work on the host (which tables, which rows); a graph would
+        # freeze the choice of its capture, so batches that use them run the same shapes eagerly.
+        if not self.cuda_graphs or self.procs.any(rows):
+            return tuple(None if t is None else t[:B] for t in core(bucket, self.kv.max_len))
+        key = (bucket, any(self._filtered[rows]), any(self._greedy[rows]))
         if key not in self._graphs:
             try:
                 self._graphs[key] = self._capture(bucket)
@@ -368,7 +385,7 @@ class ModelRunner:
         index = t[:, None] + self._arange[: G + 1]  # [B, G+1]: positions and target entries
         ids = torch.cat([self.pending[:B, None], drafts], 1)
         out = self.model(ids, index, prefix_mask(t, G + 1, span), self.kv.views(rows, index, span))
-        probs = self._laws(out.logits, rows, t + 1)  # [B, G+1, V]
+        probs = self._laws(out.logits, rows, t + 1, drafts)  # [B, G+1, V]
         uniforms = {}
         if not self._on_cuda:  # the counter RNG's own numbers, read from the table
             coins, finals = (
@@ -412,7 +429,7 @@ class ModelRunner:
         logits, hidden = out.logits[:, 0], out.hidden  # [B, V]: the law of d_1; [B, 1, C]
         drafts, laws = [], []
         for k in range(1, G + 1):
-            law = self._laws(logits[:, None], rows, t + k)[:, 0]  # [B, V]
+            law = self._laws(logits[:, None], rows, t + k, torch.stack(drafts, 1) if drafts else None)[:, 0]
             draft = law.argmax(-1) if self.spec != "rejection" else self._draw(law, rows, t + k, SLOT_DRAFT)
             drafts.append(draft)
             laws.append(law)
@@ -431,9 +448,12 @@ class ModelRunner:
         return torch.stack(drafts, 1), torch.stack(laws, 1)
 
     # ------------------------------------------------------------------ laws and draws
-    def _laws(self, logits: torch.Tensor, rows: slice, positions: torch.Tensor) -> torch.Tensor:
+    def _laws(
+        self, logits: torch.Tensor, rows: slice, positions: torch.Tensor, drafted: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """[R, T, V] logits of the slots in ``rows`` -> their requests' laws, same shape;
-        positions [R]: the absolute position whose token logits[:, 0] predicts."""
+        positions [R]: the absolute position whose token logits[:, 0] predicts; drafted [R, D]: the
+        draft tokens before these positions in this step's chain (the penalties count them)."""
         R, T, V = logits.shape
         temperature, top_k, top_p = self.temperature[rows], self.top_k[rows], self.top_p[rows]
         if T > 1:
@@ -450,7 +470,7 @@ class ModelRunner:
         flat = logits.reshape(R * T, V).float()
         if not self.procs.any(rows):
             return target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy).view(R, T, V)
-        flat = self.procs.apply_logits(flat, rows, T, positions)
+        flat = self.procs.apply_logits(flat, rows, T, positions, drafted)
         probs = target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy)
         return self.procs.apply_probs(probs, rows, T).view(R, T, V)
 

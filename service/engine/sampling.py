@@ -15,6 +15,7 @@ MAX_STOP_TOKEN_IDS = 1024
 SEED_RANGE = (-(1 << 63), 1 << 63)  # the counter RNG keys on an int64 seed
 MAX_STOP_STRINGS = 32  # SGLang 0.5.23's MAX_STOP_COUNT (sampling/sampling_params.py)
 MAX_STOP_STRING_CHARS = 1024  # a stop string is matched on a decoded tail window this long
+MAX_PENALTY = 2.0  # SGLang's bound on all three penalties
 MAX_LOGIT_BIAS = 1e4  # beyond this a bias already makes a token certain or impossible in float32
 # Fields SGLang 0.5.23 accepts that change nothing here (stream_interval: this engine streams once a
 # step; custom_params: free-form, read by custom logit processors, which this engine has none of).
@@ -23,10 +24,6 @@ ACCEPTED_NO_EFFECT = ("stream_interval", "custom_params")
 # would change the law or the request's shape in a way the engine does not implement. The values are
 # the neutral ones (None: absent or empty).
 REFUSED_UNLESS_NEUTRAL = {
-    # history-dependent penalties: exact speculative verification needs per-draft-position token counts
-    "frequency_penalty": 0.0,
-    "presence_penalty": 0.0,
-    "repetition_penalty": 1.0,
     "n": 1,  # send n requests (or use the gateway's rollouts with "n")
     "beam_width": None,
     "json_schema": None,
@@ -85,6 +82,12 @@ class SamplingParams:
     min_p: float = 0.0  # drop tokens whose probability is below min_p times the top token's
     min_new_tokens: int = 0  # EOS and stop_token_ids cannot be sampled before this many tokens
     logit_bias: dict[int, float] = field(default_factory=dict)  # added to the logits, by token id
+    # Penalties on the output tokens so far (SGLang: the prompt is not counted): each token's logit
+    # loses frequency_penalty per occurrence and presence_penalty once; repetition_penalty divides
+    # the positive logits of tokens already output and multiplies the negative ones.
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     skip_special_tokens: bool = True  # these three shape ``text`` only
     spaces_between_special_tokens: bool = True
     no_stop_trim: bool = False
@@ -92,7 +95,12 @@ class SamplingParams:
     @property
     def changes_logits(self) -> bool:
         """Whether the law needs ``logit_processors`` (the runner's fast path skips them otherwise)."""
-        return bool(self.logit_bias) or self.min_p > 0 or self.min_new_tokens > 0
+        return bool(self.logit_bias) or self.min_p > 0 or self.min_new_tokens > 0 or self.penalized
+
+    @property
+    def penalized(self) -> bool:
+        """Whether the law depends on which tokens were output (frequency/presence/repetition)."""
+        return self.frequency_penalty != 0 or self.presence_penalty != 0 or self.repetition_penalty != 1
 
     @classmethod
     def from_dict(cls, raw: dict | None, vocab_size: int) -> SamplingParams:
@@ -155,6 +163,13 @@ class SamplingParams:
             params.stop = [x for x in stop if x]  # an empty stop string never ends anything (SGLang)
         if "min_p" in known:
             params.min_p = _number("min_p", known["min_p"], 0.0, 1.0)
+        for name in ("frequency_penalty", "presence_penalty"):  # SGLang's bounds
+            if name in known:
+                setattr(params, name, _number(name, known[name], -MAX_PENALTY, MAX_PENALTY))
+        if "repetition_penalty" in known:
+            params.repetition_penalty = _number(
+                "repetition_penalty", known["repetition_penalty"], 0.0, MAX_PENALTY
+            )
         if "min_new_tokens" in known:
             params.min_new_tokens = _integer(
                 "min_new_tokens", known["min_new_tokens"], 0, MAX_NEW_TOKENS_LIMIT
@@ -203,6 +218,16 @@ class SamplingParams:
             )
         if not 0.0 <= self.min_p <= 1.0:
             raise BadRequest(f"min_p must be in [0, 1], got {self.min_p}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            if not -MAX_PENALTY <= getattr(self, name) <= MAX_PENALTY:
+                raise BadRequest(
+                    f"{name} must be in [-{MAX_PENALTY:g}, {MAX_PENALTY:g}], got {getattr(self, name)}"
+                )
+        if not 0.0 < self.repetition_penalty <= MAX_PENALTY:  # 0 would divide by zero
+            raise BadRequest(
+                f"repetition_penalty must be in (0, {MAX_PENALTY:g}] (1 = none), "
+                f"got {self.repetition_penalty}"
+            )
         bad = [t for t in self.stop_token_ids if not 0 <= t < vocab_size]
         if bad:
             raise BadRequest(f"stop_token_ids outside the vocabulary [0, {vocab_size}): {bad[:5]}")

@@ -232,7 +232,9 @@ class Scheduler:
             params = req.params  # the runner counts output tokens from the pending one
             if params.min_new_tokens:
                 params = replace(params, min_new_tokens=max(0, params.min_new_tokens - len(req.output) + 1))
-            req.state, _ = self.runner.prefill(context, params, req.seed, resume_token=resume)
+            req.state, _ = self.runner.prefill(
+                context, params, req.seed, resume_token=resume, history=req.output[:-1]
+            )
             return None
         req.state, out = self.runner.prefill(req.prompt, req.params, req.seed)
         return out

@@ -124,7 +124,10 @@ def test_refusals_name_the_field_and_unknown_top_level_keys_pass(urls, where):
     base = {"input_ids": [5, 6], "sampling_params": {"max_new_tokens": 2}}
     r = httpx.post(urls[where] + "/generate", json={**base, "model": "x", "log_metrics": True}, timeout=60)
     assert r.status_code == 200, r.text
-    for field, value in [("frequency_penalty", 0.3), ("repetition_penalty", 1.2), ("not_a_field", 1)]:
+    penalties = {"frequency_penalty": 0.3, "presence_penalty": -0.5, "repetition_penalty": 1.2}
+    r = httpx.post(urls[where] + "/generate", json={**base, "sampling_params": {**penalties}}, timeout=60)
+    assert r.status_code == 200, r.text  # supported (exactly: tests/service/engine/test_logit_processors.py)
+    for field, value in [("frequency_penalty", 2.5), ("repetition_penalty", 0), ("not_a_field", 1)]:
         body = {**base, "sampling_params": {"max_new_tokens": 2, field: value}}
         r = httpx.post(urls[where] + "/generate", json=body, timeout=60)
         assert r.status_code == 400 and field in r.text, r.text

@@ -1,6 +1,7 @@
-"""logit_bias, min_p and min_new_tokens: the law the runner samples equals a reference law computed
-here from the model's logits (plain and speculative decoding), and stop strings end the output at
-the token that completes them, inside an accepted draft chain too."""
+"""logit_bias, min_p, min_new_tokens and the frequency, presence and repetition penalties: the law
+the runner samples equals a reference law computed here from the model's logits (plain and
+speculative decoding), and stop strings end the output at the token that completes them, inside an
+accepted draft chain too."""
 
 import threading
 
@@ -20,14 +21,24 @@ def model(quick_model):
     return load_model(quick_model)
 
 
-def reference_law(logits: torch.Tensor, params: SamplingParams, generated: int, eos: int) -> torch.Tensor:
+def reference_law(logits: torch.Tensor, params: SamplingParams, output: list[int], eos: int) -> torch.Tensor:
     """SGLang's law of one position, token by token in float64: logits [V] of the position that
-    follows ``generated`` output tokens -> [V] probabilities. Written independently of
-    ``logit_processors`` (loops, no shared code)."""
+    follows the output tokens ``output`` -> [V] probabilities. Written independently of
+    ``logit_processors`` (loops, no shared code), in SGLang's order: frequency, min_new_tokens,
+    presence, repetition (sglang/srt/sampling/sampling_batch_info.py:279-284), then the bias."""
     z = logits.double().clone()
+    for token in set(output):
+        z[token] -= params.frequency_penalty * output.count(token)
+    if len(output) < params.min_new_tokens:
+        for token in {eos, *params.stop_token_ids}:
+            z[token] = float("-inf")
+    for token in set(output):
+        z[token] -= params.presence_penalty
+        rp = params.repetition_penalty
+        z[token] = z[token] * rp if z[token] < 0 else z[token] / rp
     for token, bias in params.logit_bias.items():
         z[token] += bias
-    if generated < params.min_new_tokens:
+    if len(output) < params.min_new_tokens:
         for token in {eos, *params.stop_token_ids}:
             z[token] = float("-inf")
     p = torch.softmax(z / params.temperature, -1)
@@ -42,18 +53,21 @@ def triple_law(model, prompt, params, top_pairs=150, top_triples=50):
     (ids x1 * V^2 + x2 * V + x3) and their probabilities."""
     eos = model.config.eos_token_id
 
-    def laws(seqs, generated):
+    def laws(seqs):
         with torch.no_grad():
             logits = model(seqs).logits[:, -1]
-        return torch.stack([reference_law(row, params, generated, eos) for row in logits])
+        outputs = seqs[:, len(prompt) :].tolist()
+        return torch.stack(
+            [reference_law(row, params, out, eos) for row, out in zip(logits, outputs, strict=True)]
+        )
 
     base = torch.tensor([prompt])
-    p1 = laws(base, 0)[0]
+    p1 = laws(base)[0]
     V = p1.shape[0]
-    p12 = (p1[:, None] * laws(torch.cat([base.expand(V, -1), torch.arange(V)[:, None]], 1), 1)).flatten()
+    p12 = (p1[:, None] * laws(torch.cat([base.expand(V, -1), torch.arange(V)[:, None]], 1))).flatten()
     pairs = p12.topk(top_pairs).indices
     seqs = torch.cat([base.expand(top_pairs, -1), (pairs // V)[:, None], (pairs % V)[:, None]], 1)
-    p123 = (p12[pairs][:, None] * laws(seqs, 2)).flatten()
+    p123 = (p12[pairs][:, None] * laws(seqs)).flatten()
     best = p123.topk(top_triples)
     return pairs[best.indices // V] * V + best.indices % V, best.values
 
@@ -77,11 +91,16 @@ def law_cases(model):
         # EOS made likely, then forbidden for the first two tokens: the third may be EOS. In rejection
         # mode tokens 2 and 3 come out of one verify step, so the boundary falls inside a draft chain.
         "min_new_tokens": SamplingParams(temperature=0.9, min_new_tokens=2, logit_bias={eos: 4.0}),
+        # Strong penalties on a prompt whose continuation repeats itself: the second and third tokens'
+        # laws move with what came before them, inside the draft chain too (rejection mode).
+        "penalties": SamplingParams(
+            temperature=1.0, frequency_penalty=1.5, presence_penalty=1.0, repetition_penalty=1.8
+        ),
     }
 
 
 @pytest.mark.parametrize("spec", ["none", "rejection"])
-@pytest.mark.parametrize("case", ["logit_bias+min_p", "min_new_tokens"])
+@pytest.mark.parametrize("case", ["logit_bias+min_p", "min_new_tokens", "penalties"])
 def test_the_sampled_law_is_the_reference_law(model, spec, case):
     """Joint law of the first three tokens (in rejection mode the second and third are accepted
     drafts or residual/bonus draws), against the exact reference law: tests/stats.py's 6-sigma bound
@@ -112,11 +131,18 @@ def test_sampling_params_refuse_what_they_cannot_honour():
     ok = SamplingParams.from_dict(
         {"frequency_penalty": 0.0, "presence_penalty": 0, "repetition_penalty": 1.0, "n": 1, "stop": "x"}, 100
     )
-    assert ok.stop == ["x"]
+    assert ok.stop == ["x"] and not ok.changes_logits
+    pen = SamplingParams.from_dict(
+        {"frequency_penalty": -2, "presence_penalty": 2, "repetition_penalty": 0.5}, 9
+    )
+    assert (pen.frequency_penalty, pen.presence_penalty, pen.repetition_penalty) == (-2, 2, 0.5)
+    assert pen.changes_logits
     for raw, name in [
-        ({"frequency_penalty": 0.5}, "frequency_penalty"),
-        ({"presence_penalty": -1}, "presence_penalty"),
-        ({"repetition_penalty": 1.1}, "repetition_penalty"),
+        ({"frequency_penalty": 2.5}, "frequency_penalty"),
+        ({"presence_penalty": float("nan")}, "presence_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"repetition_penalty": 1e309}, "repetition_penalty"),
+        ({"frequency_penalty": True}, "frequency_penalty"),
         ({"n": 2}, "n"),
         ({"regex": "a+"}, "regex"),
         ({"json_schema": "{}"}, "json_schema"),
