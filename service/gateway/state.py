@@ -34,8 +34,8 @@ class Tokens:
 
 class Gateway:
     """The engine pool, the forwarder, the reload coordinator, the rollout service, the metrics and
-    the admission counter, wired together. Create it inside the event loop that serves (the
-    upstream client binds to it lazily, so building it anywhere is safe)."""
+    the admission counter, wired together; one per process. Building it needs no event loop: the
+    upstream client opens its connection pool in the serving loop, at its first call."""
 
     def __init__(self, settings: GatewaySettings):
         self.settings = settings
