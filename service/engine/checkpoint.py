@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -9,6 +10,13 @@ from safetensors.torch import load_file
 
 from ...model import Qwen3Model
 from ...model.hf_io import WEIGHTS_FILE, load_config
+
+
+def inside_roots(model_path: str | Path, roots: Iterable[str | Path]) -> bool:
+    """Whether ``model_path``, symlinks and ``..`` resolved, is one of ``roots`` or lies under one:
+    a client may name any checkpoint, but the engine reads only where its operator put weights."""
+    resolved = Path(model_path).resolve()
+    return any(resolved == r or r in resolved.parents for r in (Path(root).resolve() for root in roots))
 
 
 def load_checked_state(model_path: str | Path, current: Qwen3Model) -> dict[str, torch.Tensor]:
