@@ -30,7 +30,7 @@ class FakeRunner:
         self.poisoned.discard(state.slot)
         self.free.append(state.slot)
 
-    def prefill(self, prompt, params, seed, resume_token=None):
+    def prefill(self, prompt, params, seed, resume_token=None, history=None):
         if prompt[0] == POISON and self.fail_in == "prefill":
             raise OverflowError("Python int too large to convert to C long")
         slot = self.free.pop()
