@@ -15,6 +15,8 @@ from bebop.service.engine.scheduler import Request, Scheduler
 from bebop.service.engine.stops import StopStrings, hold_back, trim_text
 from tests.stats import assert_counts_follow
 
+PROMPT = [5, 6, 7, 8]
+
 
 @pytest.fixture(scope="module")
 def model(quick_model):
@@ -48,7 +50,7 @@ def reference_law(logits: torch.Tensor, params: SamplingParams, output: list[int
     return p
 
 
-def triple_law(model, prompt, params, top_pairs=150, top_triples=50):
+def triple_law(model, prompt, params, top_pairs=150, top_triples=300):
     """Exact law of the first three output tokens under ``reference_law``: the likeliest triples
     (ids x1 * V^2 + x2 * V + x3) and their probabilities."""
     eos = model.config.eos_token_id
@@ -84,6 +86,8 @@ def first_tokens(model, spec, prompt, params, seeds, n_tokens=3):
 
 def law_cases(model):
     eos = model.config.eos_token_id
+    with torch.no_grad():
+        top = int(model(torch.tensor([PROMPT])).logits[0, -1].argmax())  # the likeliest first token
     return {
         "logit_bias+min_p": SamplingParams(
             temperature=1.0, logit_bias={7: 2.0, 9: -3.0, 40: 1.5}, min_p=0.05
@@ -91,10 +95,16 @@ def law_cases(model):
         # EOS made likely, then forbidden for the first two tokens: the third may be EOS. In rejection
         # mode tokens 2 and 3 come out of one verify step, so the boundary falls inside a draft chain.
         "min_new_tokens": SamplingParams(temperature=0.9, min_new_tokens=2, logit_bias={eos: 4.0}),
-        # Strong penalties on a prompt whose continuation repeats itself: the second and third tokens'
-        # laws move with what came before them, inside the draft chain too (rejection mode).
+        # The likeliest token, biased to come back, and held back by the penalties: its law at the
+        # second and third positions moves with how often it came before, inside the draft chain too
+        # (rejection mode). The bias makes repeats common enough for the test to see a draft
+        # position that ignores the drafts before it (checked: that mutant fails here).
         "penalties": SamplingParams(
-            temperature=1.0, frequency_penalty=1.5, presence_penalty=1.0, repetition_penalty=1.8
+            temperature=1.0,
+            logit_bias={top: 3.0},
+            frequency_penalty=1.5,
+            presence_penalty=0.5,
+            repetition_penalty=1.5,
         ),
     }
 
@@ -104,9 +114,9 @@ def law_cases(model):
 def test_the_sampled_law_is_the_reference_law(model, spec, case):
     """Joint law of the first three tokens (in rejection mode the second and third are accepted
     drafts or residual/bonus draws), against the exact reference law: tests/stats.py's 6-sigma bound
-    in each of the 50 likeliest triples and one bin for the rest."""
+    in each of the 300 likeliest triples and one bin for the rest."""
     params = law_cases(model)[case]
-    prompt = [5, 6, 7, 8]
+    prompt = PROMPT
     ids, probs = triple_law(model, prompt, params)
     law = torch.cat([probs, (1 - probs.sum()).clamp(min=0).reshape(1)]).numpy()
     lookup = {int(t): k for k, t in enumerate(ids)}
