@@ -1,6 +1,6 @@
 """Per-request acceptance and entropy inside SGLang: ``meta_info`` fields and ``bebop_engine_*`` series.
 
-The same names as the embedded engine (service/engine/server.py, service/engine/metrics.py), so the
+The same names as the embedded engine (service/engine/protocol.py, service/engine/metrics.py), so the
 gateway, dashboards and alerts read both engines alike:
 
     meta_info  spec_accept_per_position  [G] accepted / reached, per draft position

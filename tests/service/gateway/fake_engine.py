@@ -3,7 +3,7 @@
 A fake, not an engine: it generates nothing real and loads no weights. It answers the calls the
 gateway's pool and reload coordinator make (``/health``, ``/model_info``, ``/server_info``,
 ``/generate``, pause and continue, ``/update_weights_from_disk`` with Bebop's ``stage`` extension,
-``/commit_staged_weights``, ``/discard_staged_weights``) the way ``service/engine/server.py`` does,
+``/commit_staged_weights``, ``/discard_staged_weights``) the way ``service/engine/routes/weights.py`` does,
 and every behaviour a test needs to break is a plain attribute (``healthy``, ``fail_update``, ...).
 It runs on loopback in the test's own event loop (aiohttp), so the gateway talks to it over real
 HTTP, through its real client, without a subprocess. Every call except the health probes is logged
