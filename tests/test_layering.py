@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-PACKAGE = "bebop"
+from tests.layout import PACKAGE, ROOT, package_roots
 
 # part -> the other parts it may import (importing itself is always allowed)
 ALLOWED: dict[str, frozenset[str]] = {
@@ -38,17 +37,6 @@ class Edge:
     line: int
     part: str  # the top-level part imported ("model"), or "" for an import above the package
     target: str  # the resolved module, for the report
-
-
-def package_roots() -> dict[str, str]:
-    """setup.py's folder -> package map, read without running setup.py (it calls ``setup()``)."""
-    tree = ast.parse((ROOT / "setup.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "PACKAGE_ROOTS" for t in node.targets
-        ):
-            return ast.literal_eval(node.value)
-    raise AssertionError("setup.py has no PACKAGE_ROOTS literal")
 
 
 def module_name(path: Path) -> tuple[str, bool]:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_layering import PACKAGE, ROOT, module_name, package_roots
+from tests.layout import PACKAGE, ROOT, package_roots
+from tests.test_layering import module_name
 
 # pyproject.toml's package data for bebop.model, as paths in the wheel.
 DEMO_MODEL = "bebop/model/demo_model"

@@ -1,6 +1,6 @@
 """The real SGLang 0.5.23 for the plugin tests: its venv (``make sglang-venv``, cached outside the
-clone) and Bebop laid out for it as pip would install it (package-dir mapping and entry points
-read from pyproject.toml), so SGLang's own plugin loader finds ``bebop`` by its entry point.
+clone) and Bebop laid out for it as pip would install it (setup.py's package roots, and the entry
+points read from pyproject.toml), so SGLang's own plugin loader finds ``bebop`` by its entry point.
 
 The probe (sglang_probe.py) imports SGLang once per test session, about a minute on 2 cores;
 pytest-xdist workers share its result through a file lock.
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 from filelock import FileLock
+
+from tests.layout import package_roots
 
 try:
     import tomllib
@@ -47,21 +49,13 @@ def sglang_python() -> Path:
 
 
 def build_plugin_site(site: Path) -> Path:
-    """Bebop as an installed distribution for another interpreter: the ``bebop`` tree from the
-    package-dir mapping (symlinks into this checkout) and a dist-info with pyproject's entry points."""
+    """Bebop as an installed distribution for another interpreter: the ``bebop`` tree from setup.py's
+    package roots (symlinks into this checkout) and a dist-info with pyproject's entry points."""
     project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
-    mapping = project["tool"]["setuptools"]["package-dir"]
-    for package in project["tool"]["setuptools"]["packages"]:
-        folder = REPO_ROOT / mapping[package]
-        parts = package.split(".")
-        target = site.joinpath(*parts)
-        if target.exists():  # a subpackage inside an already linked folder: the layouts must agree
-            assert target.resolve() == folder.resolve(), (
-                f"{package} is not {mapping[package]}/ inside its parent"
-            )
-            continue
+    for folder, package in package_roots().items():
+        target = site.joinpath(*package.split("."))
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(folder, target_is_directory=True)
+        target.symlink_to(REPO_ROOT / folder, target_is_directory=True)
     name, version = project["project"]["name"], project["project"]["version"]
     dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"
     dist_info.mkdir()
