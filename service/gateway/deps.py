@@ -67,3 +67,12 @@ async def json_object(request: Request) -> dict[str, Any]:
 
 
 JsonObject = Annotated[dict[str, Any], Depends(json_object)]
+
+
+async def optional_json_object(request: Request) -> dict[str, Any]:
+    """As ``json_object``, but an empty body is ``{}``: SGLang's control calls are often sent bare."""
+    raw = await request.body()
+    return await json_object(request) if raw.strip() else {}
+
+
+OptionalJsonObject = Annotated[dict[str, Any], Depends(optional_json_object)]

@@ -50,7 +50,15 @@ AREAL_PARAMS = {  # RemoteSGLangEngine.agenerate's sample_params
 def urls(quick_model):
     engine_port, gateway_port = free_port(), free_port()
     with running(["engine", "--model", str(quick_model), "--port", str(engine_port)], engine_port) as engine:
-        args = ["serve", "--port", str(gateway_port), "--engine-url", engine]
+        args = [
+            "serve",
+            "--port",
+            str(gateway_port),
+            "--engine-url",
+            engine,
+            "--weights-root",
+            str(quick_model),
+        ]
         with running(args, gateway_port, ready_path="/readyz") as gateway:
             yield {"engine": engine, "gateway": gateway}
 
@@ -177,3 +185,28 @@ def test_control_endpoints_slime_and_areal_call(urls):
         engine + "/update_weights_from_disk", json={"model_path": "/nowhere", "abort_all_request": True}
     )
     assert r.status_code == 400  # AReaL's misspelt abort flag is an unknown key: ignored; the path is refused
+
+
+def test_control_endpoints_through_the_gateway(urls, quick_model):
+    """slime's and AReaL's control calls sent to the gateway's address act on its engines."""
+    gateway, engine = urls["gateway"], urls["engine"]
+    assert httpx.get(gateway + "/flush_cache").status_code == 200
+    assert httpx.post(gateway + "/flush_cache").status_code == 200
+    serving = httpx.get(engine + "/get_weight_version").json()
+    assert httpx.get(gateway + "/get_weight_version").json() == serving
+    assert httpx.post(gateway + "/pause_generation", json={}).status_code == 200
+    assert httpx.post(gateway + "/continue_generation", json={}).status_code == 200
+    assert httpx.get(gateway + "/health_generate", timeout=60).status_code == 200
+    # AReaL's reload (its misspelt abort flag is an unknown key, ignored as SGLang does)
+    body = {"model_path": str(quick_model), "weight_version": "areal-1", "abort_all_request": True}
+    r = httpx.post(gateway + "/update_weights_from_disk", json=body, timeout=120)
+    assert r.status_code == 200 and r.json()["success"] is True, r.text
+    assert httpx.get(engine + "/get_weight_version").json() == {"weight_version": "areal-1"}
+    r = httpx.post(
+        gateway + "/generate", json={"input_ids": [5, 6], "sampling_params": {"max_new_tokens": 2}}
+    )
+    assert r.json()["meta_info"]["weight_version"] == "areal-1"
+    r = httpx.post(gateway + "/update_weights_from_disk", json={"model_path": "/nowhere"}, timeout=60)
+    assert r.status_code == 403 and r.json()["success"] is False
+    r = httpx.post(gateway + "/init_weights_update_group", json={"master_address": "x", "master_port": 1})
+    assert r.status_code == 400 and "/v1/weights/group" in r.json()["message"]

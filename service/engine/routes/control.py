@@ -6,8 +6,9 @@ import asyncio
 
 from fastapi import APIRouter
 
+from ...httpguard import body_doc
 from ..protocol import parse_abort, parse_pause_mode
-from .deps import EngineDep, JsonBody, body_doc
+from .deps import EngineDep, JsonBody
 
 router = APIRouter()
 

@@ -42,9 +42,3 @@ JsonBody = Annotated[dict, Depends(json_body)]
 
 def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(error_body(status, message, **extra), status_code=status)
-
-
-def body_doc(properties: dict) -> dict:
-    """An OpenAPI request body for a route that reads its JSON by hand (for /docs and fuzzing)."""
-    schema = {"type": "object", "properties": properties}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}

@@ -8,6 +8,7 @@ import asyncio
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from ...httpguard import body_doc
 from ..protocol import (
     parse_abort_all,
     parse_disk_update,
@@ -17,7 +18,7 @@ from ..protocol import (
     parse_new_version,
     parse_selector,
 )
-from .deps import JsonBody, WeightsDep, body_doc, error_response
+from .deps import JsonBody, WeightsDep, error_response
 
 # An update the engine refuses is a 400; committing with nothing staged is a conflict (409).
 REFUSED, NOTHING_STAGED = 400, 409

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import control, engines, generate, health, rollouts, weights
+from . import control, engines, generate, health, rollouts, sglang_control, weights
 
 ROUTERS: list[APIRouter] = [
     rollouts.router,
@@ -14,4 +14,5 @@ ROUTERS: list[APIRouter] = [
     control.router,
     engines.router,
     health.router,
+    sglang_control.router,
 ]

@@ -60,6 +60,7 @@ class FakeEngine:
                 web.post("/pause_generation", self._pause),
                 web.post("/continue_generation", self._continue),
                 web.post("/abort_request", self._ok),
+                web.post("/flush_cache", self._ok),
                 web.post("/update_weights_from_disk", self._update_from_disk),
                 web.post("/commit_staged_weights", self._commit),
                 web.post("/discard_staged_weights", self._discard),

@@ -55,12 +55,13 @@ def fuzz(url: str, op, mode: GenerationMode) -> list[int] | None:
             statuses.append(response.status_code)
             assert response.status_code < 500, (op.label, response.status_code, response.text[:500])
             if response.status_code in (400, 409, 413, 422, 429):
-                body = response.json()  # ours: "detail"; SGLang's /generate shape: "error.message"
-                said = body.get("detail") or (body.get("error") or {}).get("message")
+                body = response.json()
+                # ours: "detail"; SGLang's /generate: "error.message"; SGLang's weight calls: "message"
+                said = body.get("detail") or (body.get("error") or {}).get("message") or body.get("message")
                 assert said, f"{op.label}: a 4xx must say what was wrong"
         finally:
             # A generated pause holds every later rollout until a resume: keep cases independent.
-            if op.path == "/v1/pause":
+            if op.path in ("/v1/pause", "/pause_generation"):
                 httpx.post(url + "/v1/resume", timeout=60)
 
     try:
