@@ -34,6 +34,17 @@ IO_THREADS = 2  # one update at a time holds reload_lock; the second thread answ
 
 
 @dataclass
+class RetainedWeights:
+    """What a two-phase commit replaced, kept on the host until the gateway settles the reload, so
+    a rollback never depends on the old checkpoint directory still existing (rotated away, or the
+    weights came over torch.distributed). One set at a time: the next commit replaces it."""
+
+    state: dict[str, torch.Tensor]  # name -> CPU copy of the tensor the commit overwrote
+    version: str
+    model_path: str
+
+
+@dataclass
 class StagedWeights:
     """Validated weights held for a two-phase reload until the gateway commits or discards them."""
 
@@ -68,6 +79,7 @@ class WeightUpdater:
         self.largest_numel = max(p.numel() for p in model.state_dict().values())
         self.receiver = receiver or WeightReceiver()
         self.staged: StagedWeights | None = None
+        self.retained: RetainedWeights | None = None
         # SGLang 0.5.23's weight-update session (/begin_weight_update {selector} ... /end_weight_update).
         # SGLang refuses distributed and tensor updates outside one; this engine also takes them
         # without one, for clients older than 0.5.23 (slime, AReaL).
@@ -141,7 +153,25 @@ class WeightUpdater:
             staged, self.staged = self.staged, None
             if staged is None:
                 return {"success": False, "message": "no staged weights to commit"}
+            serving = self.model.state_dict()
+            # Host copies: device memory stays the model's; a reload is rare next to the steps.
+            kept = {name: serving[name].detach().to("cpu", copy=True) for name in staged.state}
+            self.retained = RetainedWeights(kept, self.version, self.model_path)
             return self._swap(staged.state, staged.version, abort_all, staged.model_path)
+
+    def roll_back(self, abort_all: bool) -> dict:
+        """Put back what the last two-phase commit replaced (weights, version, checkpoint path)."""
+        with self.reload_lock:
+            retained, self.retained = self.retained, None
+            if retained is None:
+                return {"success": False, "message": "no retained weights to roll back to"}
+            return self._swap(retained.state, retained.version, abort_all, retained.model_path)
+
+    def settle(self) -> dict:
+        """The reload is settled: drop the retained copy."""
+        with self.reload_lock:
+            had, self.retained = self.retained is not None, None
+            return {"success": True, "released": had}
 
     def discard_staged(self) -> dict:
         """Drop the staged weights (the old ones never stopped serving)."""

@@ -283,7 +283,7 @@ class ReloadCoordinator:
                     await self.post_all(
                         "/discard_staged_weights", {}, [u for u in staged if u not in committed]
                     )
-                    rolled = await self._roll_back(committed, previous)
+                    rolled = await self._roll_back(committed, previous, staged)
                     serving = await self._all_info(urls, "/model_info")  # checked, not assumed
                     detail = {
                         u: {
@@ -321,6 +321,10 @@ class ReloadCoordinator:
                 }
                 return self.last
             finally:
+                # Settled either way: the engines that staged drop the copy they kept at commit.
+                await self.post_all(
+                    "/settle_weights", {}, [u for u in urls if getattr(engines[u], "can_stage", False)]
+                )
                 await self.post_all("/continue_generation", {}, urls)
                 self._idle.set()
 
@@ -340,10 +344,24 @@ class ReloadCoordinator:
 
         return dict(zip(urls, await asyncio.gather(*(info(u) for u in urls)), strict=True))
 
-    async def _roll_back(self, urls: list[str], previous: dict[str, tuple]) -> dict[str, dict]:
+    async def _roll_back(
+        self, urls: list[str], previous: dict[str, tuple], staged: list[str]
+    ) -> dict[str, dict]:
+        """Put each committed engine back on its previous weights: from the copy a staging engine kept
+        at commit (``/rollback_weights``, which needs no checkpoint on disk), else by reloading the
+        previous checkpoint directory (stock SGLang, or an engine without the route)."""
         out = {}
         for url in urls:
             path, version = previous[url]
+            if url in staged:
+                answer = await self._post(url, "/rollback_weights", {})
+                if answer.get("success"):
+                    out[url] = {
+                        "rolled_back": True,
+                        "rollback_message": "restored the weights kept at commit",
+                    }
+                    continue
+                log.warning("rollback_weights on %s failed (%s); trying its previous checkpoint", url, answer)
             if path is None:
                 out[url] = {
                     "rolled_back": False,

@@ -20,7 +20,8 @@ from ..protocol import (
 )
 from .deps import JsonBody, WeightsDep, error_response
 
-# An update the engine refuses is a 400; committing with nothing staged is a conflict (409).
+# An update the engine refuses is a 400; committing with nothing staged, or rolling back with nothing
+# retained, is a conflict (409).
 REFUSED, NOTHING_STAGED = 400, 409
 
 router = APIRouter()
@@ -46,6 +47,19 @@ async def update_weights_from_disk(weights: WeightsDep, body: JsonBody):
 async def commit_staged_weights(weights: WeightsDep, body: JsonBody):
     result = await weights.off_loop(weights.commit_staged, parse_abort_all(body))
     return JSONResponse(result, status_code=200 if result["success"] else NOTHING_STAGED)
+
+
+@router.post("/rollback_weights")
+async def rollback_weights(weights: WeightsDep, body: JsonBody):
+    """Bebop's extension: back to the weights the last commit replaced, kept since in host memory."""
+    result = await weights.off_loop(weights.roll_back, parse_abort_all(body))
+    return JSONResponse(result, status_code=200 if result["success"] else NOTHING_STAGED)
+
+
+@router.post("/settle_weights")
+async def settle_weights(weights: WeightsDep):
+    """Bebop's extension: the reload is settled, the kept copy of the old weights is released."""
+    return await weights.off_loop(weights.settle)
 
 
 @router.post("/discard_staged_weights")

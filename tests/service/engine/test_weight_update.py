@@ -103,3 +103,23 @@ def test_one_session_at_a_time_and_versions_by_name(updater):
     assert updater.version == "renamed" and updater.scheduler.aborted == [
         "aborted for a weight version update"
     ]
+
+
+def test_a_commit_keeps_what_it_replaced_until_settled_and_rollback_restores_it(updater):
+    """A pushed update (no checkpoint directory to go back to) is rolled back from the host copy kept at
+    commit: weights, version and checkpoint path as they were; a settled reload keeps nothing."""
+    before, path = weight(updater).clone(), updater.model_path
+    assert updater.roll_back(abort_all=False)["success"] is False  # nothing committed yet
+    updater.update_from_distributed(push(stage=True, weight_version="v1"))
+    updater.commit_staged(abort_all=False)
+    assert updater.retained is not None and updater.retained.state["weight"].device.type == "cpu"
+    assert torch.equal(weight(updater), torch.ones(2, 3))
+    done = updater.roll_back(abort_all=False)
+    assert done["success"] is True and done["weight_version"] == "v0"
+    assert torch.equal(weight(updater), before) and updater.model_path == path
+    assert updater.roll_back(abort_all=False)["success"] is False  # once
+    updater.update_from_distributed(push(stage=True, weight_version="v2"))
+    updater.commit_staged(abort_all=False)
+    assert updater.settle() == {"success": True, "released": True}
+    assert updater.retained is None and updater.roll_back(abort_all=False)["success"] is False
+    assert torch.equal(weight(updater), torch.full((2, 3), 2.0)) and updater.version == "v2"

@@ -32,10 +32,16 @@ class FakeEngine:
         model_path: str = "/ckpt/v0",
         can_stage: bool = True,
         tp_size: int = 1,
+        keeps_previous: bool = True,
     ):
         self.version = version
         self.model_path = model_path
         self.can_stage = can_stage  # False: a stock SGLang server, which swaps at once
+        # /rollback_weights and /settle_weights (False: an older bebop engine without them, 404)
+        self.keeps_previous = keeps_previous
+        self.previous: tuple[str, str] | None = None  # (version, model_path) kept at commit
+        self.fail_commit: str | None = None  # a message: /commit_staged_weights refuses (400)
+        self.gone: set[str] = set()  # checkpoint directories no longer on disk: loading them fails
         self.tp_size = tp_size
         self.healthy = True  # False: /health answers 503
         self.fail_update: str | None = None  # a message: /update_weights_from_disk refuses (400)
@@ -64,6 +70,11 @@ class FakeEngine:
                 web.post("/update_weights_from_disk", self._update_from_disk),
                 web.post("/commit_staged_weights", self._commit),
                 web.post("/discard_staged_weights", self._discard),
+                *(
+                    [web.post("/rollback_weights", self._rollback), web.post("/settle_weights", self._settle)]
+                    if self.keeps_previous
+                    else []
+                ),
             ]
         )
         self._runner = web.AppRunner(app)
@@ -142,6 +153,9 @@ class FakeEngine:
         if self.fail_update is not None:
             message = f"checkpoint refused, old weights still serving: {self.fail_update}"
             return web.json_response({"success": False, "message": message}, status=400)
+        if body["model_path"] in self.gone:
+            message = f"{body['model_path']} is not a directory"
+            return web.json_response({"success": False, "message": message}, status=400)
         if body.get("stage"):
             self.staged = (body["weight_version"], body["model_path"])
             return web.json_response({"success": True, "staged": True, "message": "staged"})
@@ -151,8 +165,21 @@ class FakeEngine:
     async def _commit(self, _: web.Request) -> web.Response:
         if self.staged is None:
             return web.json_response({"success": False, "message": "no staged weights to commit"}, status=409)
+        if self.fail_commit is not None:
+            return web.json_response({"success": False, "message": self.fail_commit}, status=400)
+        self.previous = (self.version, self.model_path)
         (self.version, self.model_path), self.staged = self.staged, None
         return web.json_response({"success": True, "weight_version": self.version})
+
+    async def _rollback(self, _: web.Request) -> web.Response:
+        if self.previous is None:
+            return web.json_response({"success": False, "message": "nothing retained"}, status=409)
+        (self.version, self.model_path), self.previous = self.previous, None
+        return web.json_response({"success": True, "weight_version": self.version})
+
+    async def _settle(self, _: web.Request) -> web.Response:
+        had, self.previous = self.previous is not None, None
+        return web.json_response({"success": True, "released": had})
 
     async def _discard(self, _: web.Request) -> web.Response:
         had, self.staged = self.staged is not None, None

@@ -49,6 +49,7 @@ def test_a_reload_stages_everywhere_then_commits_everywhere():
                 "/pause_generation",
                 "/update_weights_from_disk",
                 "/commit_staged_weights",
+                "/settle_weights",  # the copy kept at commit is released once all committed
                 "/continue_generation",
             ]
             assert fake.calls[0][1] == {"mode": "retract"}
@@ -147,3 +148,42 @@ def test_paths_outside_the_allowed_roots_are_refused_before_any_engine_call():
         assert a.calls == []
 
     run(test, a)
+
+
+def test_a_failed_commit_rolls_back_from_the_kept_weights_without_the_old_checkpoint():
+    """The old checkpoint directory is gone (rotated away: any read of it fails); one engine's commit
+    fails after the other's succeeded. The committed engine goes back to the weights it kept at
+    commit, never touching the disk, and the answer states what each engine serves, checked."""
+    committed, failing = FakeEngine(), FakeEngine()
+    failing.fail_commit = "CUDA error: out of memory"
+
+    async def test(coordinator):
+        committed.gone.add("/ckpt/v0")  # rotated away: reloading it fails
+        with pytest.raises(ReloadFailed, match="all engines serve the old weights") as err:
+            await coordinator.reload(NEW, "v1", "retract", continue_aborted=False)
+        detail = err.value.engines
+        assert detail[committed.url]["rolled_back"] is True
+        assert detail[committed.url]["serving"] == detail[failing.url]["serving"] == "v0"
+        assert "/rollback_weights" in committed.paths()
+        disk_reloads = [c for c in committed.calls if c[0] == "/update_weights_from_disk"]
+        assert len(disk_reloads) == 1 and disk_reloads[0][1].get("stage")  # the staging, nothing after
+        assert (committed.version, committed.model_path) == ("v0", "/ckpt/v0")
+        assert committed.previous is None and not committed.paused
+        assert coordinator.last["outcome"] == "rolled_back"
+
+    run(test, committed, failing)
+
+
+def test_an_engine_without_kept_weights_is_rolled_back_from_its_checkpoint():
+    older, failing = FakeEngine(keeps_previous=False), FakeEngine()
+    failing.fail_commit = "commit refused"
+
+    async def test(coordinator):
+        with pytest.raises(ReloadFailed, match="all engines serve the old weights") as err:
+            await coordinator.reload(NEW, "v1", "retract", continue_aborted=False)
+        assert err.value.engines[older.url]["rolled_back"] is True
+        reloads = [c[1] for c in older.calls if c[0] == "/update_weights_from_disk"]
+        assert reloads[-1] == {"model_path": "/ckpt/v0", "weight_version": "v0"}  # the fallback
+        assert older.version == "v0"
+
+    run(test, older, failing)
