@@ -233,6 +233,7 @@ class DiskUpdate:
     weight_version: str | None
     abort_all: bool
     stage: bool
+    stage_id: str | None = None  # the reload that stages (Bebop's); only it may commit or discard
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ class DistributedUpdate:
     weight_version: str | None
     abort_all: bool
     stage: bool
+    stage_id: str | None = None  # as DiskUpdate's
 
 
 @dataclass(frozen=True)
@@ -268,6 +270,15 @@ def check_version(version: Any) -> None:
         raise BadRequest(f"weight_version must be a string of at most {MAX_WEIGHT_VERSION_CHARS} characters")
 
 
+def parse_stage_id(body: dict) -> str | None:
+    """Bebop's ``stage_id``: which reload staged (or kept) weights, so that two gateways updating the
+    same engines cannot commit, discard or roll back each other's. Absent: any (older gateways)."""
+    stage_id = body.get("stage_id")
+    if stage_id is not None and not (isinstance(stage_id, str) and 0 < len(stage_id) <= MAX_STAGE_ID_CHARS):
+        raise BadRequest(f"stage_id must be a string of 1 to {MAX_STAGE_ID_CHARS} characters")
+    return stage_id
+
+
 def parse_disk_update(body: dict) -> DiskUpdate:
     if not isinstance(body.get("model_path"), str):
         raise BadRequest("model_path (a string) is required")
@@ -277,6 +288,7 @@ def parse_disk_update(body: dict) -> DiskUpdate:
         weight_version=body.get("weight_version"),
         abort_all=bool(body.get("abort_all_requests", False)),
         stage=bool(body.get("stage", False)),
+        stage_id=parse_stage_id(body),
     )
 
 
@@ -305,6 +317,7 @@ def parse_distributed_update(body: dict, largest_numel: int) -> DistributedUpdat
         weight_version=body.get("weight_version"),
         abort_all=bool(body.get("abort_all_requests", False)),
         stage=bool(body.get("stage")),
+        stage_id=parse_stage_id(body),
     )
 
 
@@ -327,6 +340,9 @@ def parse_group_name(body: dict) -> str:
     if not isinstance(name, str):
         raise BadRequest("group_name must be a string")
     return name
+
+
+MAX_STAGE_ID_CHARS = 64
 
 
 def parse_abort_all(body: dict, default: bool = False) -> bool:

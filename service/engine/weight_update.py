@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +31,9 @@ if TYPE_CHECKING:
     from .scheduler import Scheduler
 
 T = TypeVar("T")
+# A slot staged by another reload this long ago is abandoned (its gateway died between stage and
+# commit): a new reload may take it. Past the gateway's default request timeout (600 s).
+STALE_STAGE_S = 900.0
 IO_THREADS = 2  # one update at a time holds reload_lock; the second thread answers discard/leave meanwhile
 
 
@@ -42,6 +46,7 @@ class RetainedWeights:
     state: dict[str, torch.Tensor]  # name -> CPU copy of the tensor the commit overwrote
     version: str
     model_path: str
+    stage_id: str | None  # the reload that committed
 
 
 @dataclass
@@ -51,6 +56,8 @@ class StagedWeights:
     state: dict[str, torch.Tensor]  # name -> tensor, shapes and dtypes of the serving model's
     version: str | None
     model_path: str | None  # None when they came over torch.distributed
+    stage_id: str | None = None  # the reload that staged them (None: an older gateway, anyone's)
+    staged_at: float = field(default_factory=time.monotonic)  # seconds, monotonic clock
 
 
 class WeightUpdater:
@@ -113,7 +120,9 @@ class WeightUpdater:
                 self.metrics.weight_updates.labels("rejected").inc()
                 return {"success": False, "message": f"checkpoint refused, old weights still serving: {err}"}
             path = str(Path(update.model_path).resolve())
-            return self._swap_or_stage(state, update.weight_version, update.abort_all, path, update.stage)
+            return self._swap_or_stage(
+                state, update.weight_version, update.abort_all, path, update.stage, update.stage_id
+            )
 
     def update_from_distributed(self, update: DistributedUpdate) -> dict:
         """Receive the broadcast tensors, validate them, then swap them in (or stage them)."""
@@ -129,7 +138,9 @@ class WeightUpdater:
             except ValueError as err:
                 self.metrics.weight_updates.labels("rejected").inc()
                 return {"success": False, "message": f"update refused, old weights still serving: {err}"}
-            return self._swap_or_stage(state, update.weight_version, update.abort_all, None, update.stage)
+            return self._swap_or_stage(
+                state, update.weight_version, update.abort_all, None, update.stage, update.stage_id
+            )
 
     def join_group(self, join: GroupJoin) -> None:
         """Join the trainer's process group (blocks until every rank has joined). Raises ValueError
@@ -148,35 +159,48 @@ class WeightUpdater:
         self.receiver.destroy_group(group_name)
 
     # ------------------------------------------------------------------ staging
-    def commit_staged(self, abort_all: bool) -> dict:
+    def commit_staged(self, abort_all: bool, stage_id: str | None = None) -> dict:
         with self.reload_lock:
-            staged, self.staged = self.staged, None
+            staged = self.staged
             if staged is None:
                 return {"success": False, "message": "no staged weights to commit"}
+            if not _owns(stage_id, staged.stage_id):
+                return {"success": False, "message": f"the staged weights belong to reload {staged.stage_id}"}
+            self.staged = None
             serving = self.model.state_dict()
             # Host copies: device memory stays the model's; a reload is rare next to the steps.
             kept = {name: serving[name].detach().to("cpu", copy=True) for name in staged.state}
-            self.retained = RetainedWeights(kept, self.version, self.model_path)
+            self.retained = RetainedWeights(kept, self.version, self.model_path, staged.stage_id)
             return self._swap(staged.state, staged.version, abort_all, staged.model_path)
 
-    def roll_back(self, abort_all: bool) -> dict:
+    def roll_back(self, abort_all: bool, stage_id: str | None = None) -> dict:
         """Put back what the last two-phase commit replaced (weights, version, checkpoint path)."""
         with self.reload_lock:
-            retained, self.retained = self.retained, None
+            retained = self.retained
             if retained is None:
                 return {"success": False, "message": "no retained weights to roll back to"}
+            if not _owns(stage_id, retained.stage_id):
+                return {
+                    "success": False,
+                    "message": f"the retained weights belong to reload {retained.stage_id}",
+                }
+            self.retained = None
             return self._swap(retained.state, retained.version, abort_all, retained.model_path)
 
-    def settle(self) -> dict:
-        """The reload is settled: drop the retained copy."""
+    def settle(self, stage_id: str | None = None) -> dict:
+        """The reload is settled: drop the retained copy (another reload's stays)."""
         with self.reload_lock:
-            had, self.retained = self.retained is not None, None
+            had = self.retained is not None and _owns(stage_id, self.retained.stage_id)
+            if had:
+                self.retained = None
             return {"success": True, "released": had}
 
-    def discard_staged(self) -> dict:
-        """Drop the staged weights (the old ones never stopped serving)."""
+    def discard_staged(self, stage_id: str | None = None) -> dict:
+        """Drop the staged weights (the old ones never stopped serving); another reload's stay."""
         with self.reload_lock:
-            had, self.staged = self.staged is not None, None
+            had = self.staged is not None and _owns(stage_id, self.staged.stage_id)
+            if had:
+                self.staged = None
             return {"success": True, "discarded": had}
 
     # ------------------------------------------------------------------ session and version
@@ -214,9 +238,18 @@ class WeightUpdater:
         abort_all: bool,
         model_path: str | None,
         stage: bool,
+        stage_id: str | None = None,
     ) -> dict:
         if stage:
-            self.staged = StagedWeights(state, version, model_path)
+            held = self.staged
+            foreign = held is not None and not _owns(stage_id, held.stage_id)
+            if foreign and time.monotonic() - held.staged_at < STALE_STAGE_S:
+                return {
+                    "success": False,
+                    "message": f"another reload ({held.stage_id}) has weights staged here: "
+                    "it must commit or discard them first",
+                }
+            self.staged = StagedWeights(state, version, model_path, stage_id)
             return {"success": True, "staged": True, "message": "weights validated and staged"}
         return self._swap(state, version, abort_all, model_path)
 
@@ -242,3 +275,9 @@ class WeightUpdater:
             "message": "weights updated",
             "weight_version": self.scheduler.weight_version,
         }
+
+
+def _owns(caller: str | None, holder: str | None) -> bool:
+    """Whether a call naming reload ``caller`` may act on what reload ``holder`` staged or kept: an
+    unnamed call or an unnamed holder (an older gateway) matches any, so nothing old breaks."""
+    return caller is None or holder is None or caller == holder

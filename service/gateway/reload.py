@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from .upstream import UpstreamError
 
 log = logging.getLogger(__name__)
 
-StageCall = Callable[[list[str]], Awaitable[dict[str, dict]]]
+StageCall = Callable[[list[str], str], Awaitable[dict[str, dict]]]  # (urls, stage_id) -> answers
 
 
 class ReloadFailed(Exception):
@@ -116,8 +117,8 @@ class ReloadCoordinator:
         path = str(self.allowed(model_path))
         update = {"model_path": path, "weight_version": version}
 
-        async def stage(urls: list[str]) -> dict[str, dict]:
-            return await self._stage_all("/update_weights_from_disk", update, urls)
+        async def stage(urls: list[str], stage_id: str) -> dict[str, dict]:
+            return await self._stage_all("/update_weights_from_disk", update, urls, stage_id)
 
         urls = [e.url for e in self.pool.healthy()]
         return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, path)
@@ -181,14 +182,16 @@ class ReloadCoordinator:
             raise GroupMismatch(f"group members are gone or unhealthy: {missing}; create the group again")
         body = {**manifest, "weight_version": version}
 
-        async def stage(urls: list[str]) -> dict[str, dict]:
-            return await self._stage_all("/update_weights_from_distributed", body, urls, session=True)
+        async def stage(urls: list[str], stage_id: str) -> dict[str, dict]:
+            return await self._stage_all(
+                "/update_weights_from_distributed", body, urls, stage_id, session=True
+            )
 
         return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, None)
 
     # ------------------------------------------------------------------ the protocol
     async def _stage_all(
-        self, path: str, body: dict, urls: list[str], session: bool = False
+        self, path: str, body: dict, urls: list[str], stage_id: str, session: bool = False
     ) -> dict[str, dict]:
         """Ask engines that announce staging to stage; a stock SGLang server would refuse the
         unknown field, so it gets SGLang's own call and swaps at once. With ``session`` each call is
@@ -196,7 +199,9 @@ class ReloadCoordinator:
 
         def body_for(url: str) -> dict:
             engine = self.pool.engines.get(url)  # None: removed while paused; it fails or stages
-            return {**body, "stage": True} if engine is None or engine.can_stage else body
+            if engine is None or engine.can_stage:
+                return {**body, "stage": True, "stage_id": stage_id}
+            return body
 
         async def one(url: str) -> dict:
             if not session:
@@ -249,6 +254,10 @@ class ReloadCoordinator:
     ) -> dict:
         async with self.lock:
             start = time.monotonic()
+            # Names this reload on every engine: another gateway's reload cannot commit, discard or
+            # roll back what this one staged or kept (each engine has one slot of each).
+            stage_id = uuid.uuid4().hex
+            mine = {"stage_id": stage_id}
             self._idle.clear()
             self.continue_aborted = continue_aborted
             if not urls:
@@ -269,21 +278,21 @@ class ReloadCoordinator:
                     detail = {u: {"updated": False, **a} for u, a in paused.items()}
                     self.last = {"version": version, "outcome": "not_paused", "engines": detail}
                     raise ReloadFailed("some engines could not be paused; nothing changed", detail)
-                results = await stage(urls)
+                results = await stage(urls, stage_id)
                 ok = [u for u in urls if results[u].get("success")]
                 staged = [u for u in ok if results[u].get("staged")]
                 swapped = [u for u in ok if not results[u].get("staged")]  # engines that cannot stage
                 all_staged = len(ok) == len(urls)
                 if all_staged:
-                    results.update(await self.post_all("/commit_staged_weights", {}, staged))
+                    results.update(await self.post_all("/commit_staged_weights", mine, staged))
                     await self._verify_version(urls, version, results)
                 failed = {u for u in urls if not results[u].get("success")}
                 if failed:
                     committed = [u for u in urls if u not in failed and (all_staged or u in swapped)]
                     await self.post_all(
-                        "/discard_staged_weights", {}, [u for u in staged if u not in committed]
+                        "/discard_staged_weights", mine, [u for u in staged if u not in committed]
                     )
-                    rolled = await self._roll_back(committed, previous, staged)
+                    rolled = await self._roll_back(committed, previous, staged, stage_id)
                     serving = await self._all_info(urls, "/model_info")  # checked, not assumed
                     detail = {
                         u: {
@@ -322,9 +331,8 @@ class ReloadCoordinator:
                 return self.last
             finally:
                 # Settled either way: the engines that staged drop the copy they kept at commit.
-                await self.post_all(
-                    "/settle_weights", {}, [u for u in urls if getattr(engines[u], "can_stage", False)]
-                )
+                stagers = [u for u in urls if getattr(engines[u], "can_stage", False)]
+                await self.post_all("/settle_weights", mine, stagers)
                 await self.post_all("/continue_generation", {}, urls)
                 self._idle.set()
 
@@ -345,7 +353,7 @@ class ReloadCoordinator:
         return dict(zip(urls, await asyncio.gather(*(info(u) for u in urls)), strict=True))
 
     async def _roll_back(
-        self, urls: list[str], previous: dict[str, tuple], staged: list[str]
+        self, urls: list[str], previous: dict[str, tuple], staged: list[str], stage_id: str
     ) -> dict[str, dict]:
         """Put each committed engine back on its previous weights: from the copy a staging engine kept
         at commit (``/rollback_weights``, which needs no checkpoint on disk), else by reloading the
@@ -354,7 +362,7 @@ class ReloadCoordinator:
         for url in urls:
             path, version = previous[url]
             if url in staged:
-                answer = await self._post(url, "/rollback_weights", {})
+                answer = await self._post(url, "/rollback_weights", {"stage_id": stage_id})
                 if answer.get("success"):
                     out[url] = {
                         "rolled_back": True,

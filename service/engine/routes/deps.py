@@ -40,5 +40,13 @@ WeightsDep = Annotated[WeightUpdater, Depends(get_weights)]
 JsonBody = Annotated[dict, Depends(json_body)]
 
 
+async def optional_json_body(request: Request) -> dict:
+    """As ``json_body``, but an empty body is ``{}`` (calls that need no fields are often sent bare)."""
+    return await json_body(request) if (await request.body()).strip() else {}
+
+
+OptionalJsonBody = Annotated[dict, Depends(optional_json_body)]
+
+
 def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse(error_body(status, message, **extra), status_code=status)

@@ -17,8 +17,9 @@ from ..protocol import (
     parse_group_name,
     parse_new_version,
     parse_selector,
+    parse_stage_id,
 )
-from .deps import JsonBody, WeightsDep, error_response
+from .deps import JsonBody, OptionalJsonBody, WeightsDep, error_response
 
 # An update the engine refuses is a 400; committing with nothing staged, or rolling back with nothing
 # retained, is a conflict (409).
@@ -45,26 +46,26 @@ async def update_weights_from_disk(weights: WeightsDep, body: JsonBody):
 
 @router.post("/commit_staged_weights")
 async def commit_staged_weights(weights: WeightsDep, body: JsonBody):
-    result = await weights.off_loop(weights.commit_staged, parse_abort_all(body))
+    result = await weights.off_loop(weights.commit_staged, parse_abort_all(body), parse_stage_id(body))
     return JSONResponse(result, status_code=200 if result["success"] else NOTHING_STAGED)
 
 
 @router.post("/rollback_weights")
-async def rollback_weights(weights: WeightsDep, body: JsonBody):
+async def rollback_weights(weights: WeightsDep, body: OptionalJsonBody):
     """Bebop's extension: back to the weights the last commit replaced, kept since in host memory."""
-    result = await weights.off_loop(weights.roll_back, parse_abort_all(body))
+    result = await weights.off_loop(weights.roll_back, parse_abort_all(body), parse_stage_id(body))
     return JSONResponse(result, status_code=200 if result["success"] else NOTHING_STAGED)
 
 
 @router.post("/settle_weights")
-async def settle_weights(weights: WeightsDep):
+async def settle_weights(weights: WeightsDep, body: OptionalJsonBody):
     """Bebop's extension: the reload is settled, the kept copy of the old weights is released."""
-    return await weights.off_loop(weights.settle)
+    return await weights.off_loop(weights.settle, parse_stage_id(body))
 
 
 @router.post("/discard_staged_weights")
-async def discard_staged_weights(weights: WeightsDep):
-    return await weights.off_loop(weights.discard_staged)
+async def discard_staged_weights(weights: WeightsDep, body: OptionalJsonBody):
+    return await weights.off_loop(weights.discard_staged, parse_stage_id(body))
 
 
 @router.post("/init_weights_update_group")

@@ -123,3 +123,29 @@ def test_a_commit_keeps_what_it_replaced_until_settled_and_rollback_restores_it(
     assert updater.settle() == {"success": True, "released": True}
     assert updater.retained is None and updater.roll_back(abort_all=False)["success"] is False
     assert torch.equal(weight(updater), torch.full((2, 3), 2.0)) and updater.version == "v2"
+
+
+def test_two_reloads_cannot_commit_discard_or_roll_back_each_others_weights(updater):
+    """Two gateways reloading the same engine: each names its reload (stage_id), and an engine's one
+    staged slot and one kept copy answer only to the reload that filled them."""
+    before = weight(updater).clone()
+    assert updater.update_from_distributed(push(stage=True, weight_version="a", stage_id="A"))["success"]
+    refused = updater.update_from_distributed(push(stage=True, weight_version="b", stage_id="B"))
+    assert refused["success"] is False and "another reload (A)" in refused["message"]
+    assert updater.commit_staged(abort_all=False, stage_id="B")["success"] is False
+    assert updater.discard_staged(stage_id="B") == {"success": True, "discarded": False}
+    assert torch.equal(weight(updater), before) and updater.staged.stage_id == "A"
+    assert updater.commit_staged(abort_all=False, stage_id="A")["weight_version"] == "a"
+    assert updater.roll_back(abort_all=False, stage_id="B")["success"] is False
+    assert updater.settle(stage_id="B") == {"success": True, "released": False}
+    assert updater.roll_back(abort_all=False, stage_id="A")["success"] is True
+    assert torch.equal(weight(updater), before) and updater.version == "v0"
+
+
+def test_an_abandoned_staged_slot_is_taken_after_it_goes_stale(updater, monkeypatch):
+    import bebop.service.engine.weight_update as weight_update
+
+    updater.update_from_distributed(push(stage=True, stage_id="A"))  # its gateway died here
+    monkeypatch.setattr(weight_update, "STALE_STAGE_S", 0.0)
+    assert updater.update_from_distributed(push(stage=True, stage_id="B"))["success"] is True
+    assert updater.staged.stage_id == "B"

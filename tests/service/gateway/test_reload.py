@@ -53,7 +53,9 @@ def test_a_reload_stages_everywhere_then_commits_everywhere():
                 "/continue_generation",
             ]
             assert fake.calls[0][1] == {"mode": "retract"}
+            stage_id = fake.calls[1][1].pop("stage_id")  # this reload's name, on every call that acts
             assert fake.calls[1][1] == {"model_path": NEW, "weight_version": "v1", "stage": True}
+            assert fake.calls[2][1] == fake.calls[3][1] == {"stage_id": stage_id}  # commit, settle
             assert (fake.version, fake.model_path, fake.paused) == ("v1", NEW, False)
         pool = coordinator.pool
         assert {e.weight_version for e in pool.engines.values()} == {"v1"}
