@@ -65,7 +65,11 @@ class ReloadCoordinator:
     info_timeout_s: float = 30.0  # /model_info and /server_info reads (checks, not weight transfers)
     continue_aborted: bool = False  # the last reload's choice for the samples it aborted
     last_abort: float = 0.0  # monotonic time of the last /v1/abort: samples older than it stay aborted
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one update at a time
+    # The trainer's group: joining blocks until the trainer joins too (up to the engines' 120 s
+    # rendezvous timeout), so it has its own lock and a reload from disk is not held up meanwhile.
+    # A push takes this one, then ``lock``; a reload only ``lock``: one order, no deadlock.
+    group_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     last: dict = field(default_factory=dict)
     group: WeightGroup | None = None
@@ -138,7 +142,7 @@ class ReloadCoordinator:
         self, master_address: str, master_port: int, world_size: int, group_name: str, backend: str
     ) -> dict:
         """Every engine joins the trainer's group; blocks until the trainer (rank 0) has joined too."""
-        async with self.lock:
+        async with self.group_lock:
             layout = await self.group_layout()
             if not layout.ranks:
                 raise GroupMismatch("no healthy engine to join the group")
@@ -171,23 +175,24 @@ class ReloadCoordinator:
     async def push(self, manifest: dict, version: str, pause_mode: str, continue_aborted: bool) -> dict:
         """Stage the trainer's broadcast (``manifest``: names, dtypes, shapes, group_name) on every
         group member, then commit all or none."""
-        group = self.group
-        if group is None or manifest["group_name"] != group.name:
-            raise GroupMismatch(
-                f"no weight update group named {manifest['group_name']!r}: call POST /v1/weights/group first"
-            )
-        urls = list(group.ranks)
-        missing = [u for u in urls if u not in self.pool.engines or not self.pool.engines[u].healthy]
-        if missing:
-            raise GroupMismatch(f"group members are gone or unhealthy: {missing}; create the group again")
-        body = {**manifest, "weight_version": version}
+        async with self.group_lock:
+            group = self.group
+            if group is None or manifest["group_name"] != group.name:
+                raise GroupMismatch(
+                    f"no weight update group named {manifest['group_name']!r}: call POST /v1/weights/group first"
+                )
+            urls = list(group.ranks)
+            missing = [u for u in urls if u not in self.pool.engines or not self.pool.engines[u].healthy]
+            if missing:
+                raise GroupMismatch(f"group members are gone or unhealthy: {missing}; create the group again")
+            body = {**manifest, "weight_version": version}
 
-        async def stage(urls: list[str], stage_id: str) -> dict[str, dict]:
-            return await self._stage_all(
-                "/update_weights_from_distributed", body, urls, stage_id, session=True
-            )
+            async def stage(urls: list[str], stage_id: str) -> dict[str, dict]:
+                return await self._stage_all(
+                    "/update_weights_from_distributed", body, urls, stage_id, session=True
+                )
 
-        return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, None)
+            return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, None)
 
     # ------------------------------------------------------------------ the protocol
     async def _stage_all(

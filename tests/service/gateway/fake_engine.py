@@ -15,6 +15,7 @@ in ``calls`` as ``(path, body)``.
 
 from __future__ import annotations
 
+import asyncio
 from types import TracebackType
 from typing import Any
 
@@ -41,6 +42,7 @@ class FakeEngine:
         self.keeps_previous = keeps_previous
         self.previous: tuple[str, str] | None = None  # (version, model_path) kept at commit
         self.fail_commit: str | None = None  # a message: /commit_staged_weights refuses (400)
+        self.joined = asyncio.Event()  # /init_weights_update_group answers once set (the trainer joined)
         self.gone: set[str] = set()  # checkpoint directories no longer on disk: loading them fails
         self.tp_size = tp_size
         self.healthy = True  # False: /health answers 503
@@ -67,6 +69,7 @@ class FakeEngine:
                 web.post("/continue_generation", self._continue),
                 web.post("/abort_request", self._ok),
                 web.post("/flush_cache", self._ok),
+                web.post("/init_weights_update_group", self._join),
                 web.post("/update_weights_from_disk", self._update_from_disk),
                 web.post("/commit_staged_weights", self._commit),
                 web.post("/discard_staged_weights", self._discard),
@@ -170,6 +173,10 @@ class FakeEngine:
         self.previous = (self.version, self.model_path)
         (self.version, self.model_path), self.staged = self.staged, None
         return web.json_response({"success": True, "weight_version": self.version})
+
+    async def _join(self, _: web.Request) -> web.Response:
+        await self.joined.wait()  # a real engine blocks in the rendezvous until rank 0 joins
+        return web.json_response({"success": True, "message": "joined"})
 
     async def _rollback(self, _: web.Request) -> web.Response:
         if self.previous is None:

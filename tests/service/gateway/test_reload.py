@@ -189,3 +189,23 @@ def test_an_engine_without_kept_weights_is_rolled_back_from_its_checkpoint():
         assert older.version == "v0"
 
     run(test, older, failing)
+
+
+def test_a_reload_from_disk_is_not_held_up_by_a_pending_group_rendezvous():
+    """Joining the trainer's group blocks until the trainer joins; a reload from disk meanwhile goes
+    through (the group has its own lock), and the join still completes afterwards."""
+    a = FakeEngine()
+
+    async def test(coordinator):
+        layout = await coordinator.group_layout()
+        joining = asyncio.create_task(
+            coordinator.init_group("127.0.0.1", 29500, layout.world_size, "g", "gloo")
+        )
+        await asyncio.sleep(0.2)
+        assert not joining.done()  # the rendezvous is pending
+        result = await asyncio.wait_for(coordinator.reload(NEW, "v1", "retract", False), timeout=5)
+        assert result["outcome"] == "success" and a.version == "v1"
+        a.joined.set()
+        assert (await asyncio.wait_for(joining, timeout=5))["group_name"] == "g"
+
+    run(test, a)
