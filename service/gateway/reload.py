@@ -179,7 +179,8 @@ class ReloadCoordinator:
             group = self.group
             if group is None or manifest["group_name"] != group.name:
                 raise GroupMismatch(
-                    f"no weight update group named {manifest['group_name']!r}: call POST /v1/weights/group first"
+                    f"no weight update group named {manifest['group_name']!r}: "
+                    "call POST /v1/weights/group first"
                 )
             urls = list(group.ranks)
             missing = [u for u in urls if u not in self.pool.engines or not self.pool.engines[u].healthy]

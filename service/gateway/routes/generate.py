@@ -25,7 +25,12 @@ SGLANG_GENERATE_DOC = {
                         "return_logprob": {"type": "boolean"},
                         "rid": {"type": "string"},
                     },
-                }
+                },
+                # shown in /docs, and the first case a schema-driven client (or fuzzer) sends
+                "example": {
+                    "input_ids": [5, 6, 7],
+                    "sampling_params": {"max_new_tokens": 4, "temperature": 0},
+                },
             }
         },
     },

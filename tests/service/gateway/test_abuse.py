@@ -113,7 +113,9 @@ def test_a_chunked_body_over_the_cap_is_413(gateway):
     assert r.status_code == 413
 
 
-LONG = {"max_new_tokens": 300, "ignore_eos": True}
+# Greedy: the quick model accepts about one draft per step then, so 500 tokens take 500 steps
+# (seconds), while at T = 1 its long accepted chains finish 300 tokens in well under a second.
+LONG = {"max_new_tokens": 500, "temperature": 0, "ignore_eos": True}
 
 
 def test_a_closed_rollout_stream_releases_everything(gateway, engine):
@@ -134,7 +136,7 @@ def test_a_client_that_goes_away_releases_everything(gateway, engine, path):
     else:
         body = {"prompts": [{"input_ids": [5, 6], "n": 3}], "sampling_params": LONG}
     with pytest.raises(httpx.ReadTimeout):
-        post(gateway, path, body, timeout=1.0)
+        post(gateway, path, body, timeout=0.5)
     settled(gateway, engine)
 
 
