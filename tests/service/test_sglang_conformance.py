@@ -121,10 +121,10 @@ def test_areal_generate_and_resubmit(urls, where):
     out = [x[1] for x in meta["output_token_logprobs"]]
     assert meta["prompt_tokens"] == 4 and meta["completion_tokens"] == len(out)
     # AReaL's resubmission after an abort: prompt + output so far, fewer new tokens
-    payload["input_ids"] += out[:3]
+    payload["input_ids"] += out[:3]  # an unseeded sample may have stopped (EOS) before 3 tokens
     payload["sampling_params"]["max_new_tokens"] -= 3
     r = httpx.post(urls[where] + "/generate", json=payload, timeout=60)
-    assert r.status_code == 200 and r.json()["meta_info"]["prompt_tokens"] == 7
+    assert r.status_code == 200 and r.json()["meta_info"]["prompt_tokens"] == 4 + len(out[:3])
 
 
 @pytest.mark.parametrize("where", ["engine", "gateway"])
