@@ -162,6 +162,11 @@ def join_group_call(
     return Call("POST", WEIGHTS_GROUP_PATH, admin=True, body=body)
 
 
+def leave_group_call() -> Call:
+    """DELETE: every engine leaves the weight group (a refused push leaves the group out of step)."""
+    return Call("DELETE", WEIGHTS_GROUP_PATH, admin=True)
+
+
 def push_weights_call(
     named_tensors: dict[str, torch.Tensor],
     group_name: str,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,6 +21,7 @@ from ._requests import (
     gateway_url,
     group_layout_call,
     join_group_call,
+    leave_group_call,
     pause_call,
     push_weights_call,
     refused,
@@ -29,6 +31,8 @@ from ._requests import (
     update_weights_call,
     weights_call,
 )
+
+log = logging.getLogger(__name__)
 
 
 class RolloutClient:
@@ -124,8 +128,22 @@ class RolloutClient:
         with ThreadPoolExecutor(1) as pool:
             # The engines receive only while the POST is in flight, so it runs beside the broadcast.
             answer = pool.submit(self._send, push)
-            r = broadcast_until_answered(named_tensors, answer, refused, self._group_timeout_s)
+            try:
+                r = broadcast_until_answered(named_tensors, answer, refused, self._group_timeout_s)
+            except WeightPushError:
+                self._dissolve_group()
+                raise
         return push.parse(r)
+
+    def _dissolve_group(self) -> None:
+        """After a push that cannot complete: the engines leave the group, which fails this rank's
+        pending broadcast at once (gloo would otherwise hold it, and this process's exit, until the
+        group timeout); then this side leaves too. The next push needs ``init_weights_group``."""
+        try:
+            self._send(leave_group_call())
+        except httpx.HTTPError:
+            log.warning("could not ask the gateway to dissolve the weight group", exc_info=True)
+        self.close_weights_group()
 
     def close_weights_group(self) -> None:
         """Leave the trainer's side of the group (the engines keep theirs until the next init)."""

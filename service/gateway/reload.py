@@ -172,6 +172,20 @@ class ReloadCoordinator:
                 raise ReloadFailed("some engines could not join the weight update group", results)
             return {"group_name": group_name, "world_size": world_size, "ranks": layout.ranks}
 
+    async def leave_group(self) -> dict:
+        """Every member leaves the trainer's group (SGLang's /destroy_weights_update_group).
+
+        A trainer whose push was refused before the engines received it still has its broadcast
+        pending, and gloo would hold it (and the trainer's exit) until the group timeout; once the
+        engines leave, it fails at once. Not under ``group_lock``: that is what it frees."""
+        group, self.group = self.group, None
+        if group is None:
+            return {"left": {}}
+        answers = await self.post_all(
+            "/destroy_weights_update_group", {"group_name": group.name}, list(group.ranks)
+        )
+        return {"group_name": group.name, "left": answers}
+
     async def push(self, manifest: dict, version: str, pause_mode: str, continue_aborted: bool) -> dict:
         """Stage the trainer's broadcast (``manifest``: names, dtypes, shapes, group_name) on every
         group member, then commit all or none."""

@@ -54,6 +54,12 @@ async def init_weight_group(_: AdminAccess, gw: GatewayDep, req: WeightGroupRequ
     )
 
 
+@router.delete("/v1/weights/group", response_model=None)
+async def leave_weight_group(_: AdminAccess, gw: GatewayDep) -> dict:
+    """Every engine leaves the trainer's group (the SDK calls it when a push was refused early)."""
+    return await gw.reloads.leave_group()
+
+
 @router.post("/v1/weights/distributed", response_model=None)
 async def push_weights(_: AdminAccess, gw: GatewayDep, req: WeightPushRequest) -> dict:
     """Stage the trainer's broadcast on every engine, then commit all or none."""
