@@ -17,8 +17,10 @@ from ._requests import (
     auth_headers,
     check,
     gateway_url,
+    pause_call,
     refused,
     result_line,
+    resume_call,
     rollouts_call,
     update_weights_call,
     weights_call,
@@ -91,6 +93,17 @@ class AsyncRolloutClient:
         """As ``RolloutClient.push_weights``; the broadcast runs in a thread."""
         return await asyncio.to_thread(self._pusher().push_weights, named_tensors, version, **kwargs)
 
+    async def close_weights_group(self) -> None:
+        """As ``RolloutClient.close_weights_group``."""
+        if self._sync is not None:
+            await asyncio.to_thread(self._sync.close_weights_group)
+
+    async def pause(self, mode: str = "retract") -> dict:
+        return await self._call(pause_call(mode))
+
+    async def resume(self) -> dict:
+        return await self._call(resume_call())
+
     def _pusher(self) -> RolloutClient:
         # torch.distributed calls block: a sync client of our own runs them off the event loop.
         if self._sync is None:
@@ -102,6 +115,12 @@ class AsyncRolloutClient:
         await self.http.aclose()
         if self._sync is not None:
             self._sync.close()
+
+    async def __aenter__(self) -> AsyncRolloutClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     def _auth(self, call: Call) -> dict[str, str]:
         return self.admin if call.admin else self.api

@@ -274,6 +274,22 @@ def test_sync_pause_and_resume_send_admin_posts():
     assert {r.headers["authorization"] for r in gateway.requests} == {f"Bearer {ADMIN_TOKEN}"}
 
 
+def test_async_pause_resume_and_context_manager_match_the_sync_client():
+    gateway = Recorder(body={"paused": True})
+
+    async def main():
+        async with async_client(gateway) as client:
+            await client.pause("abort")
+            assert (gateway.last.url.path, gateway.last_json()) == ("/v1/pause", {"mode": "abort"})
+            await client.resume()
+            assert (gateway.last.url.path, gateway.last_json()) == ("/v1/resume", {})
+            await client.close_weights_group()  # no group joined: nothing to leave
+        assert client.http.is_closed
+
+    asyncio.run(main())
+    assert {r.headers["authorization"] for r in gateway.requests} == {f"Bearer {ADMIN_TOKEN}"}
+
+
 def test_push_without_a_group_raises_before_sending():
     gateway = Recorder(body={})
     with sync_client(gateway) as client, pytest.raises(WeightPushError):
