@@ -165,3 +165,7 @@ def body_doc(properties: dict) -> dict:
     """An OpenAPI request body for a route that reads its JSON by hand (for /docs and fuzzing)."""
     schema = {"type": "object", "properties": properties}
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+# nginx's "client closed request": the caller is gone and reads nothing; logs and metrics tell it apart
+CLIENT_CLOSED = 499

@@ -9,13 +9,12 @@ from fastapi import APIRouter
 from fastapi import Request as HTTPRequest
 from fastapi.responses import Response, StreamingResponse
 
-from ...httpguard import first_or_disconnect
+from ...httpguard import CLIENT_CLOSED, first_or_disconnect
 from ..engine import Engine
 from ..protocol import SSE_DONE, GenerateInput, failure, sse_event
 from ..scheduler import Overloaded, Request, Scheduler
 from .deps import EngineDep, JsonBody, error_response
 
-CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, but logs tell it apart
 _STRINGS = {"type": "array", "items": {"type": "string"}}
 _IDS = {"type": "array", "items": {"type": "integer"}}
 GENERATE_DOC = {

@@ -5,9 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ...httpguard import first_or_disconnect
+from ...httpguard import CLIENT_CLOSED, first_or_disconnect
 from ..deps import ApiAccess, GatewayDep, JsonObject
-from .rollouts import CLIENT_CLOSED
 
 SGLANG_GENERATE_DOC = {
     "summary": "SGLang /generate, passed through to one engine (stream: server-sent events)",

@@ -10,14 +10,13 @@ from collections.abc import AsyncIterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
-from ...httpguard import first_or_disconnect
+from ...httpguard import CLIENT_CLOSED, first_or_disconnect
 from ..deps import ApiAccess, GatewayDep
 from ..inflight import Ticket
 from ..schemas import RolloutRequest, RolloutResponse
 from ..state import Gateway
 
 log = logging.getLogger(__name__)
-CLIENT_CLOSED = 499  # nginx's "client closed request": nobody reads it, the metrics do
 
 router = APIRouter(tags=["rollouts"])
 
