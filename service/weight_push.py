@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import timedelta
 
 import httpx
@@ -33,6 +33,7 @@ class WeightPushError(RuntimeError):
 
     def __init__(self, message: str, details: object):
         super().__init__(f"{message}: {details}")
+        self.message = message
         self.details = details
 
 
@@ -74,8 +75,11 @@ def broadcast_until_answered(
     """Broadcast every tensor from rank 0 while the receivers' HTTP call runs, and return its answer.
 
     If that call is refused before the receivers took the tensors (bad request, a group that no
-    longer matches), the broadcast can never complete: raise instead of waiting out the timeout.
-    The group is then out of step and must be created again.
+    longer matches), or the broadcast itself fails (an engine that refused left the group, which
+    closes its connections), the broadcast can never complete: raise WeightPushError instead of
+    waiting out the timeout. The group is then out of step: the caller leaves it (``dist`` calls on
+    this rank return at once after a failed send), which frees the engines still inside the
+    broadcast, and creates it again before the next push.
     """
     # gloo sends CPU tensors, nccl CUDA ones: move only for gloo. The list keeps them alive until done.
     on_cpu = dist.get_backend() == "gloo"
@@ -94,9 +98,44 @@ def broadcast_until_answered(
         if time.monotonic() > deadline:
             raise WeightPushError("the broadcast did not complete", {"timeout_s": timeout_s})
         time.sleep(0.005)
-    for w in works:
-        w.wait()
+    for i, w in enumerate(works):
+        try:
+            w.wait()
+        except RuntimeError as err:  # DistBackendError included: a receiver left or died
+            raise WeightPushError(
+                f"the broadcast failed at tensor {i} of {len(works)} (an engine refused the update and "
+                "left the group, or died); create the weight group again before the next push",
+                {"broadcast_error": str(err).splitlines()[0][:300]},
+            ) from None
     return answer.result(timeout=timeout_s)
+
+
+def answers_or_first_refusal(answers: dict[str, Future], refused: Callable[[dict], bool]) -> dict[str, dict]:
+    """Every engine's answer, or as soon as one engine refuses, the answers in so far: the others may be
+    waiting inside a broadcast that can no longer complete, so waiting for them would wait for a timeout."""
+    got = {}
+    by_future = {f: url for url, f in answers.items()}
+    for f in as_completed(by_future):
+        got[by_future[f]] = f.result()
+        if refused(got[by_future[f]]):
+            break
+    return got
+
+
+# How long a failed push waits for the answers of engines it freed by leaving the group (they fail
+# their receive at once; this bounds an engine that is stuck for another reason).
+LATE_ANSWER_S = 30.0
+
+
+def _answer_within(answer: Future, timeout_s: float) -> dict:
+    try:
+        return answer.result(timeout=timeout_s)
+    except TimeoutError:
+        return {"success": False, "message": f"no answer within {timeout_s:g} s of the failed push"}
+
+
+def _as_dict(details: object) -> dict:
+    return details if isinstance(details, dict) else {"detail": details}
 
 
 class WeightBroadcaster:
@@ -146,22 +185,35 @@ class WeightBroadcaster:
         decides whether to roll the others back; the gateway does that for you).
         """
         body = {**tensor_manifest(named_tensors, self.group_name), "weight_version": weight_version}
-        answers = [
-            self.pool.submit(self._post, url, "/update_weights_from_distributed", body) for url in self.urls
-        ]
-        everyone = self.pool.submit(lambda: [f.result() for f in answers])
-        results = broadcast_until_answered(
-            named_tensors, everyone, lambda got: not all(a.get("success") for a in got), self.timeout_s
-        )
-        by_url = dict(zip(self.urls, results, strict=True))
+        path = "/update_weights_from_distributed"
+        answers = {url: self.pool.submit(self._post, url, path, body) for url in self.urls}
+        refused = lambda answer: not answer.get("success")  # noqa: E731
+        gathered = self.pool.submit(answers_or_first_refusal, answers, refused)
+        try:
+            by_url = broadcast_until_answered(
+                named_tensors, gathered, lambda got: any(map(refused, got.values())), self.timeout_s
+            )
+        except WeightPushError as err:
+            # Every engine leaves (one inside the broadcast stops waiting for tensors that will
+            # never come, so it answers now), which fails this side's pending broadcast; then
+            # this side leaves, at once.
+            for url in self.urls:  # here, not in the pool: its threads wait for the answers
+                self._post(url, "/destroy_weights_update_group", {"group_name": self.group_name})
+            self.close_group()
+            late = {url: _answer_within(f, LATE_ANSWER_S) for url, f in answers.items()}
+            raise WeightPushError(err.message, {**late, **_as_dict(err.details)}) from None
         failed = {u: a for u, a in by_url.items() if not a.get("success")}
         if failed:
             raise WeightPushError("engines refused the update", failed)
         return by_url
 
-    def close(self) -> None:
+    def close_group(self) -> None:
+        """Leave the group (this side); the next push needs a new WeightBroadcaster."""
         if dist.is_initialized():
             dist.destroy_process_group()
+
+    def close(self) -> None:
+        self.close_group()
         self.pool.shutdown(wait=False)
 
     def __enter__(self) -> WeightBroadcaster:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -130,15 +130,20 @@ class RolloutClient:
             answer = pool.submit(self._send, push)
             try:
                 r = broadcast_until_answered(named_tensors, answer, refused, self._group_timeout_s)
-            except WeightPushError:
+            except WeightPushError as err:
                 self._dissolve_group()
-                raise
+                # Leaving freed the engines still receiving, so the gateway's verdict (which engine
+                # refused, what each serves) comes at once: hand it to the caller with the error.
+                details = {"broadcast": err.details, "gateway": _late(answer)}
+                raise WeightPushError(err.message, details) from None
         return push.parse(r)
 
     def _dissolve_group(self) -> None:
-        """After a push that cannot complete: the engines leave the group, which fails this rank's
-        pending broadcast at once (gloo would otherwise hold it, and this process's exit, until the
-        group timeout); then this side leaves too. The next push needs ``init_weights_group``."""
+        """After a push that cannot complete. The engines leave first: an engine that is not
+        receiving closes its connections, which fails this rank's pending broadcast at once (gloo
+        would otherwise hold it, and this process's exit, until the group timeout), and an engine
+        inside the broadcast stops waiting for tensors that will never come. Then this side leaves.
+        The next push needs ``init_weights_group``."""
         try:
             self._send(leave_group_call())
         except httpx.HTTPError:
@@ -174,3 +179,17 @@ class RolloutClient:
 
     def _call(self, call: Call) -> Any:
         return call.parse(self._send(call))
+
+
+def _late(answer: Future, timeout_s: float = 30.0) -> object:
+    """The gateway's answer to a push whose broadcast failed, or why there is none."""
+    try:
+        r = answer.result(timeout=timeout_s)
+    except TimeoutError:
+        return f"no answer within {timeout_s:g} s"
+    except httpx.HTTPError as err:
+        return f"{type(err).__name__}: {err}"
+    try:
+        return r.json()
+    except ValueError:
+        return r.text[:500]

@@ -74,12 +74,15 @@ def check_listen(host: str, token: str | None) -> None:
 
 def serve_engine(cfg: EngineConfig, host: str, port: int) -> None:
     import faulthandler
+    import signal
 
     import uvicorn
 
     # A crash inside a native op (segfault, abort) would otherwise end the engine without a word:
     # load tests saw engines vanish with nothing in their logs.
     faulthandler.enable()
+    # `kill -USR2 <pid>` prints every thread's stack to the log: how to see where a stuck engine waits.
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     check_listen(host, cfg.api_token)
     engine = Engine(cfg)
     engine.scheduler.start()

@@ -226,19 +226,31 @@ class ReloadCoordinator:
         async def one(url: str) -> dict:
             if not session:
                 return await self._post(url, path, body_for(url))
-            opened = await self._begin_session(url)
-            if opened is not None and not opened.get("success"):
-                return {**opened, "message": f"begin_weight_update failed: {opened.get('message')}"}
-            try:
-                return await self._post(url, path, body_for(url))
-            finally:
-                if opened is not None:
-                    closed = await self._post(url, "/end_weight_update", {})
-                    if not closed.get("success"):
-                        log.error("end_weight_update on %s failed: %s", url, closed)
+            answer = await self._stage_in_session(url, path, body_for(url))
+            engine = self.pool.engines.get(url)
+            if not answer.get("success") and engine is not None and not engine.can_stage:
+                # Stock SGLang: a refusal may come before it received anything, while the trainer and
+                # the other members are inside the broadcast, which it will not join; leaving closes
+                # its connections, so they fail now instead of at the group timeout. (Bebop's
+                # engines leave by themselves exactly when they refuse before receiving.)
+                await self._post(url, "/destroy_weights_update_group", {"group_name": body.get("group_name")})
+            return answer
 
         answers = await asyncio.gather(*(one(u) for u in urls))
         return dict(zip(urls, answers, strict=True))
+
+    async def _stage_in_session(self, url: str, path: str, body: dict) -> dict:
+        """One distributed update inside SGLang 0.5.23's begin/end weight-update session."""
+        opened = await self._begin_session(url)
+        if opened is not None and not opened.get("success"):
+            return {**opened, "message": f"begin_weight_update failed: {opened.get('message')}"}
+        try:
+            return await self._post(url, path, body)
+        finally:
+            if opened is not None:
+                closed = await self._post(url, "/end_weight_update", {})
+                if not closed.get("success"):
+                    log.error("end_weight_update on %s failed: %s", url, closed)
 
     async def _begin_session(self, url: str) -> dict | None:
         """Open SGLang 0.5.23's weight-update session on ``url``: its answer, or None when the engine

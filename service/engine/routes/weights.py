@@ -19,6 +19,8 @@ from ..protocol import (
     parse_selector,
     parse_stage_id,
 )
+from ..sampling import BadRequest
+from ..weight_receiver import LEFT_GROUP
 from .deps import JsonBody, OptionalJsonBody, WeightsDep, error_response
 
 # An update the engine refuses is a 400; committing with nothing staged, or rolling back with nothing
@@ -80,7 +82,14 @@ async def init_weights_update_group(weights: WeightsDep, body: JsonBody):
 
 @router.post("/update_weights_from_distributed")
 async def update_weights_from_distributed(weights: WeightsDep, body: JsonBody):
-    update = parse_distributed_update(body, weights.largest_numel)  # before any buffer is allocated
+    try:
+        update = parse_distributed_update(body, weights.largest_numel)  # before any buffer is allocated
+    except BadRequest as err:
+        # The trainer and the other engines may be inside the broadcast already: leave the group
+        # so that they fail now rather than at the group timeout (see WeightReceiver.leave_if_member).
+        if await weights.off_loop(weights.receiver.leave_if_member, body.get("group_name")):
+            raise BadRequest(f"{err}{LEFT_GROUP}") from None
+        raise
     result = await weights.off_loop(weights.update_from_distributed, update)
     return JSONResponse(result, status_code=200 if result["success"] else REFUSED)
 

@@ -62,6 +62,10 @@ def build(old: bool) -> FastAPI:
     async def init_group():
         return answer(True, "joined (fake: no process group)")
 
+    @app.post("/destroy_weights_update_group")
+    async def destroy_group():
+        return answer(True, "left (fake: no process group)")
+
     if not old:
 
         @app.post("/begin_weight_update")
@@ -94,6 +98,8 @@ def build(old: bool) -> FastAPI:
                 "update_weights_from_distributed must run between begin_weight_update() and "
                 "end_weight_update()",
             )
+        if "refuse-me" in body.get("names", []):  # SGLang refuses, e.g., a name its model lacks
+            return answer(False, "fake refusal: no parameter named refuse-me")
         state["version"] = body.get("weight_version") or state["version"]
         return answer(True, "Succeeded to update parameter online.")
 

@@ -115,3 +115,56 @@ def test_push_without_a_group_or_with_bad_manifest_is_a_4xx(stack):
         timeout=30,
     )
     assert r.status_code == 409 and "expected 3" in r.json()["detail"]
+
+
+# One member refuses before receiving (here: it lost the group, as a restarted engine would) while
+# the other is inside the broadcast. The trainer's broadcast fails at once, the SDK leaves the group,
+# which frees the other engine, and the gateway answers with what each engine serves. Before, the
+# other engine sat paused in its receive until the 120 s group timeout, and the trainer with it.
+ONE_MEMBER_GONE = textwrap.dedent(
+    """
+    import json, sys, time, httpx
+    from bebop.service.client import RolloutClient, WeightPushError
+    from bebop.model import load_model
+
+    gateway, gone, model_dir, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    state = {k: v for k, v in load_model(model_dir).state_dict().items() if k != "lm_head.weight"}
+    with RolloutClient(gateway) as client:
+        group = client.init_weights_group(master_port=port)
+        left = httpx.post(gone + "/destroy_weights_update_group", json={"group_name": group["group_name"]})
+        assert left.status_code == 200, left.text
+        start = time.monotonic()
+        try:
+            client.push_weights(state, "never-served")
+            out = {"error": None}
+        except WeightPushError as err:
+            out = {"error": err.message, "details": err.details}
+        out["waited_s"] = time.monotonic() - start
+    print(json.dumps(out))
+    """
+)
+
+
+def test_a_member_refusing_early_frees_the_others_at_once(stack, quick_model):
+    gateway, engines = stack
+    before = [greedy(e) for e in engines]
+    out = subprocess.run(
+        [sys.executable, "-c", ONE_MEMBER_GONE, gateway, engines[1], str(quick_model), str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=110,  # under the engines' 120 s group timeout: a blocked receive fails this test
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["error"] and "broadcast failed" in result["error"], result
+    assert result["waited_s"] < 30, result
+    # the gateway's verdict came with the error: the other member failed its receive (or, when the
+    # SDK's leave reached it before the update did, had no group), the one that was gone refused,
+    # and every engine serves what it served before
+    verdict = result["details"]["gateway"]
+    assert "all engines serve the old weights" in verdict["detail"], verdict
+    other = verdict["engines"][engines[0]]["message"]
+    assert "broadcast failed" in other or "no weight update group" in other, verdict
+    assert "no weight update group" in verdict["engines"][engines[1]]["message"], verdict
+    assert [greedy(e) for e in engines] == before
+    assert httpx.get(gateway + "/v1/weights/group").json()["group_name"] is None

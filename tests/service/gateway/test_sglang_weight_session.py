@@ -72,3 +72,22 @@ def test_the_push_wraps_each_update_in_a_session(stacks):
     r = httpx.post(gateway + "/v1/weights/distributed", json={**PUSH, "version": "v3"}, timeout=60)
     assert r.status_code == 200, r.text
     assert httpx.get(new + "/model_info").json()["weight_version"] == "v3"
+
+
+def test_a_stock_engine_that_refuses_is_told_to_leave_the_group(stacks):
+    """SGLang may refuse before receiving while the trainer and the other members are inside the
+    broadcast; leaving closes its connections, so they fail at once instead of at the group timeout."""
+    gateway, new, old = stacks
+    r = httpx.post(
+        gateway + "/v1/weights/group",
+        json={"master_address": "127.0.0.1", "master_port": 29512, "world_size": 3},
+    )
+    assert r.status_code == 200, r.text
+    body = {**PUSH, "names": ["refuse-me"], "version": "v-refused"}
+    r = httpx.post(gateway + "/v1/weights/distributed", json=body, timeout=60)
+    assert r.status_code == 409 and "fake refusal" in r.text, r.text
+    for url in (new, old):
+        calls = httpx.get(url + "/calls").json()
+        at = len(calls) - 1 - calls[::-1].index("/update_weights_from_distributed")
+        assert "/destroy_weights_update_group" in calls[at:], (url, calls[at:])
+        assert httpx.get(url + "/model_info").json()["weight_version"] != "v-refused"
