@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -91,6 +92,21 @@ def stop(procs: list[subprocess.Popen]) -> None:
             p.kill()
 
 
+def report_exits(procs: list[subprocess.Popen], urls: list[str], stopping: threading.Event) -> None:
+    """Log, from the parent, how an embedded engine ended when it ends on its own: a SIGKILL (the
+    kernel's OOM killer, an operator) leaves nothing in the engine's own log."""
+
+    def watch(proc: subprocess.Popen, url: str) -> None:
+        code = proc.wait()
+        if stopping.is_set():
+            return
+        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        log.error("embedded engine %s (pid %d) %s while the gateway was serving", url, proc.pid, how)
+
+    for proc, url in zip(procs, urls, strict=True):
+        threading.Thread(target=watch, args=(proc, url), name=f"watch-{proc.pid}", daemon=True).start()
+
+
 def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine_args: list[str]) -> None:
     """Run the gateway until SIGTERM. Without engine URLs or DNS names, first start ``engines``
     embedded engines; the settings that name them are a new, validated object (``settings`` itself
@@ -100,6 +116,7 @@ def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine
     from .app import build_app
 
     procs: list[subprocess.Popen] = []
+    stopping = threading.Event()
     try:
         if not settings.engine_urls and not settings.engine_dns:
             # children get a token even when the operator set none: only this gateway talks to them
@@ -111,6 +128,7 @@ def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine
             )
             settings = replace(settings, engine_token=token, weights_roots=roots, engine_urls=urls)
             settings.validate()
+            report_exits(procs, urls, stopping)
         log.info(
             "gateway on %s:%d in front of %s", settings.host, settings.port, ", ".join(settings.engine_urls)
         )
@@ -122,4 +140,5 @@ def serve(settings: GatewaySettings, engines: int, model: str, spec: str, engine
             timeout_graceful_shutdown=settings.shutdown_grace_s,
         )
     finally:
+        stopping.set()
         stop(procs)

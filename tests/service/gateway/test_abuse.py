@@ -282,3 +282,34 @@ def test_embedded_engines_die_with_a_killed_gateway_even_when_stuck():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.slow
+def test_the_gateway_logs_how_an_embedded_engine_died(tmp_path):
+    """A SIGKILLed engine (the OOM killer, say) writes nothing itself: its parent must say it."""
+    port = free_port()
+    log = tmp_path / "gateway.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen([BEBOP, "serve", "--port", str(port), "--engines", "1"], stdout=f, stderr=f)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        (child,) = children(proc.pid)
+        os.kill(child, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while "was killed by SIGKILL" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.1)
+        assert f"(pid {child})" in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert log.read_text().count("while the gateway was serving") == 1  # a normal stop is not reported
