@@ -30,18 +30,23 @@ def _engine(args: argparse.Namespace) -> int:
     from ..model.demo_path import demo_model_dir
     from ..service.engine.server import EngineConfig, check_listen, serve_engine
 
-    cfg = EngineConfig(
-        model_path=args.model or str(demo_model_dir()),
-        spec=args.spec,
-        draft_steps=args.draft_steps,
-        max_running=args.max_running,
-        max_queue=args.max_queue,
-        max_len=args.context_length,
-        weight_version=args.weight_version,
-        api_token=os.environ.get("BEBOP_ENGINE_TOKEN") or None,
-        weights_roots=list(args.weights_root or []),
-        device=None if args.device == "auto" else args.device,
-    )
+    try:
+        cfg = EngineConfig(
+            model_path=args.model or str(demo_model_dir()),
+            spec=args.spec,
+            draft_steps=args.draft_steps,
+            max_running=args.max_running,
+            max_queue=args.max_queue,
+            max_len=args.context_length,
+            weight_version=args.weight_version,
+            api_token=os.environ.get("BEBOP_ENGINE_TOKEN") or None,
+            weights_roots=list(args.weights_root or []),
+            device=None if args.device == "auto" else args.device,
+            weight_group_timeout_s=args.weight_group_timeout,
+        )
+    except ValueError as err:
+        logging.getLogger("bebop").error("%s", err)
+        return 2
     if args.device == "cuda":
         import torch
 
@@ -276,6 +281,12 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--max-queue", type=int, default=256, help="waiting requests before 503")
     engine.add_argument("--context-length", type=int, default=512, help="prompt + max_new_tokens limit")
     engine.add_argument("--weight-version", default="default")
+    engine.add_argument(
+        "--weight-group-timeout",
+        type=float,
+        default=120.0,
+        help="seconds a weight-update group join or receive waits for the other ranks",
+    )
     engine.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda when available"
     )

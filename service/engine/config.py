@@ -17,6 +17,9 @@ DEVICES = ("cpu", "cuda")
 MAX_WEIGHT_VERSION_CHARS = 128  # the protocol's bound on a weight version, start-up's too
 
 
+MAX_TIMEOUT_S = 7 * 24 * 3600.0  # a week: beyond it a timeout is a typo (and timedelta overflows at inf)
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     model_path: str
@@ -35,6 +38,9 @@ class EngineConfig:
     keep_alive_s: int = 5  # an idle keep-alive connection is closed after this long
     shutdown_grace_s: int = 5  # SIGTERM: requests get this long to finish, then the process exits anyway
     health_generate_timeout_s: float = 30.0  # /health_generate: one token within this long, or 503
+    # torch.distributed timeout of the trainer's weight-update group: how long a join or a receive
+    # waits for the other ranks (a failed push ends sooner: see weight_receiver.py)
+    weight_group_timeout_s: float = 120.0
 
     def __post_init__(self) -> None:
         # The only write: a frozen dataclass normalises its own field before anyone can read it.
@@ -56,9 +62,11 @@ class EngineConfig:
         for name in ("draft_steps", "max_queue"):  # 0 draft steps: plain decoding
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be at least 0, got {getattr(self, name)}")
-        for name in ("keep_alive_s", "shutdown_grace_s", "health_generate_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        timeouts = ("keep_alive_s", "shutdown_grace_s", "health_generate_timeout_s", "weight_group_timeout_s")
+        for name in timeouts:
+            value = getattr(self, name)
+            if not 0 < value < MAX_TIMEOUT_S:  # NaN and infinity fail too
+                raise ValueError(f"{name} must be positive and under {MAX_TIMEOUT_S:g} s, got {value}")
         if len(self.weight_version) > MAX_WEIGHT_VERSION_CHARS:
             raise ValueError(f"weight_version must be at most {MAX_WEIGHT_VERSION_CHARS} characters")
         if any(not root or "\x00" in root for root in self.weights_roots):

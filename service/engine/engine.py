@@ -17,6 +17,7 @@ from .runner import ModelRunner, default_device
 from .sampling import SamplingParams
 from .scheduler import Request, Scheduler
 from .stops import StopStrings
+from .weight_receiver import WeightReceiver
 from .weight_update import WeightUpdater
 
 SEED_BITS = 63  # a request without sampling_seed draws one in [0, 2**63): the counter RNG's int64 key
@@ -42,7 +43,12 @@ class Engine:
         self.metrics = EngineMetrics()
         self.scheduler.on_tokens = self.metrics.observe_tokens
         self.weights = WeightUpdater(
-            self.model, self.scheduler, self.metrics, cfg.model_path, cfg.weights_roots
+            self.model,
+            self.scheduler,
+            self.metrics,
+            cfg.model_path,
+            cfg.weights_roots,
+            WeightReceiver(cfg.weight_group_timeout_s),
         )
 
     @property

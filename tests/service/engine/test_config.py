@@ -1,6 +1,9 @@
 """EngineConfig: validated once when built, frozen after."""
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -40,6 +43,9 @@ def test_the_config_cannot_change_after_validation():
         ({"max_queue": -1}, "max_queue"),
         ({"keep_alive_s": 0}, "keep_alive_s"),
         ({"health_generate_timeout_s": -1.0}, "health_generate_timeout_s"),
+        ({"weight_group_timeout_s": float("nan")}, "weight_group_timeout_s"),
+        ({"weight_group_timeout_s": float("inf")}, "weight_group_timeout_s"),
+        ({"weight_group_timeout_s": 0}, "weight_group_timeout_s"),
         ({"weight_version": "v" * 129}, "weight_version"),
         ({"weights_roots": [""]}, "weights_roots"),
         ({"model_path": ""}, "model_path"),
@@ -56,3 +62,14 @@ def test_cuda_with_an_index_is_a_device():
 
 def test_the_spec_modes_are_the_runners():
     assert SPEC_MODES == RUNNER_SPEC_MODES
+
+
+def test_the_engine_cli_refuses_a_bad_setting_in_one_line():
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "bebop"), "engine", "--weight-group-timeout", "nan"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "weight_group_timeout_s must be positive" in out.stderr
