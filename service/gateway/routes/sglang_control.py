@@ -31,6 +31,7 @@ from ..pool import NoEngineAvailable
 from ..reload import ReloadFailed
 from ..rollouts import EngineRejected
 from ..state import Gateway
+from .control import fan_out
 
 router = APIRouter(tags=["sglang control"])
 
@@ -59,14 +60,6 @@ def _field(body: dict, name: str, kind: type, default: Any) -> Any:
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         raise HTTPException(400, f"{name} must be a {kind.__name__}, got {str(value)[:80]!r}")
     return value
-
-
-async def _fan_out(gw: Gateway, path: str, body: dict) -> dict:
-    """Each healthy engine's answer to ``path``, by url; 503 when there is none."""
-    urls = [e.url for e in gw.pool.healthy()]
-    if not urls:
-        raise HTTPException(503, "no healthy engine")
-    return await gw.reloads.post_all(path, body, urls)
 
 
 async def _serving_versions(gw: Gateway) -> dict[str, str | None]:
@@ -124,12 +117,12 @@ async def pause_generation(_: AdminAccess, gw: GatewayDep, body: OptionalJsonObj
         raise HTTPException(400, f"mode must be one of {list(PAUSE_MODES)}, got {mode[:40]!r}")
     if mode == "abort":
         gw.reloads.abort_all()  # what is aborted now stays aborted, whatever the last reload said
-    return {"message": f"paused ({mode})", "engines": await _fan_out(gw, "/pause_generation", {"mode": mode})}
+    return {"message": f"paused ({mode})", "engines": await fan_out(gw, "/pause_generation", {"mode": mode})}
 
 
 @router.post("/continue_generation", response_model=None)
 async def continue_generation(_: AdminAccess, gw: GatewayDep) -> dict:
-    return {"message": "continued", "engines": await _fan_out(gw, "/continue_generation", {})}
+    return {"message": "continued", "engines": await fan_out(gw, "/continue_generation", {})}
 
 
 @router.post(
@@ -145,12 +138,12 @@ async def abort_request(_: AdminAccess, gw: GatewayDep, body: OptionalJsonObject
     if abort_all:
         gw.reloads.abort_all()
     forward = {"abort_all": True} if abort_all else {"rid": rid}
-    return {"engines": await _fan_out(gw, "/abort_request", forward)}
+    return {"engines": await fan_out(gw, "/abort_request", forward)}
 
 
 @router.api_route("/flush_cache", methods=["GET", "POST"], response_model=None)
 async def flush_cache(_: AdminAccess, gw: GatewayDep) -> PlainTextResponse:
-    answers = await _fan_out(gw, "/flush_cache", {})
+    answers = await fan_out(gw, "/flush_cache", {})
     return PlainTextResponse(f"Cache flushed on {len(answers)} engine(s).\n")
 
 

@@ -112,6 +112,10 @@ def test_engines_control_and_weights_routes():
         assert (await client.get("/v1/weights")).json() == {"engines": {fake.url: "v0"}, "last_reload": {}}
         r = await client.request("DELETE", "/v1/engines", json={"url": fake.url})
         assert r.json() == {"removed": fake.url} and gw.pool.engines == {}
+        # with no engine left, a control call reached nobody: that is a 503, not an empty success
+        for path in ("/v1/pause", "/v1/resume", "/v1/abort", "/pause_generation", "/continue_generation"):
+            r = await client.post(path, json={})
+            assert r.status_code == 503 and "no healthy engine" in r.text, (path, r.text)
 
     run(test)
 
