@@ -4,36 +4,22 @@ HTTP contract (paths, status codes, bodies, Retry-After and WWW-Authenticate hea
 The process-level tests (``test_gateway.py``, ``test_abuse.py``) cover the same app against real
 engines; these run in a second and pin the details."""
 
-import asyncio
 import re
 
-import httpx
-
-from bebop.service.gateway.app import build_app
-from bebop.service.gateway.settings import GatewaySettings
-from tests.service.gateway.fake_engine import FakeEngine
+from tests.service.gateway.harness import run_gateway
 
 API, ADMIN, SCRAPE = "api-secret-0123456789", "admin-secret-0123456789", "scrape-secret-0123456789"
 ROLLOUT = {"prompts": [{"input_ids": [5, 6], "n": 2}], "sampling_params": {"max_new_tokens": 3}, "seed": 1}
 
 
 def run(test, with_engine: bool = True, **settings):
-    """``test(client, gateway, fake)`` against an app built from ``settings`` (the lifespan does not
-    run under the ASGI transport: the pool is checked here instead)."""
+    """``test(client, gateway, fake)`` against an app built from ``settings``, with one fake engine
+    (configured as its engine when ``with_engine``)."""
 
-    async def main():
-        async with FakeEngine() as fake:
-            app = build_app(GatewaySettings(engine_urls=[fake.url] if with_engine else [], **settings))
-            gw = app.state.gateway
-            await gw.pool.check_all()
-            transport = httpx.ASGITransport(app=app)
-            try:
-                async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                    await test(client, gw, fake)
-            finally:
-                await gw.client.close()
+    async def one(client, gw, fakes):
+        await test(client, gw, fakes[0])
 
-    asyncio.run(main())
+    run_gateway(one, 1, attach=with_engine, **settings)
 
 
 def bearer(token: str) -> dict:

@@ -4,14 +4,9 @@ the gateway's address reloads, pauses, resumes, aborts, flushes and reads the ve
 at once, in SGLang's request and answer shapes; the per-engine distributed calls are refused with a
 400 that says what to use instead, never a 404."""
 
-import asyncio
 from pathlib import Path
 
-import httpx
-
-from bebop.service.gateway.app import build_app
-from bebop.service.gateway.settings import GatewaySettings
-from tests.service.gateway.fake_engine import FakeEngine
+from tests.service.gateway.harness import run_gateway
 
 ROOT = Path("/ckpt")  # the operator's allowed weight root; the fakes never read the disk
 ADMIN = "admin-secret-0123456789"
@@ -19,27 +14,7 @@ ADMIN = "admin-secret-0123456789"
 
 def run(test, engines: int = 2, **settings):
     """``test(client, gateway, fakes)`` against an app in front of ``engines`` fakes."""
-
-    async def main():
-        fakes = [FakeEngine() for _ in range(engines)]
-        for fake in fakes:
-            await fake.__aenter__()
-        try:
-            urls = [f.url for f in fakes]
-            app = build_app(GatewaySettings(engine_urls=urls, weights_roots=[ROOT], **settings))
-            gw = app.state.gateway
-            await gw.pool.check_all()
-            transport = httpx.ASGITransport(app=app)
-            try:
-                async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
-                    await test(client, gw, fakes)
-            finally:
-                await gw.client.close()
-        finally:
-            for fake in fakes:
-                await fake.__aexit__(None, None, None)
-
-    asyncio.run(main())
+    run_gateway(test, engines, weights_roots=[ROOT], **settings)
 
 
 def test_update_weights_from_disk_reloads_every_engine_in_sglangs_shape():
