@@ -28,6 +28,7 @@ from ..model import load_model
 from ..service.engine.kv_pool import prefix_mask
 from ..service.engine.runner import ModelRunner, default_device
 from ..service.engine.sampling import SamplingParams
+from ..service.engine.scheduler import prefill_groups
 
 SPECS = ("none", "target_only", "rejection")
 
@@ -65,11 +66,15 @@ def run_config(
     tokens = verify_steps = verify_tokens = proposed = accepted = 0
     start = time.perf_counter()
     while todo or running:
-        while todo and len(running) < batch:
-            i, prompt = todo.pop(0)
-            state, out = runner.prefill(prompt, params, seed=i)
-            running.append([state, len(out.tokens), out.tokens[-1] == eos])
-            tokens += 1
+        admitted = []
+        while todo and len(running) + len(admitted) < batch:
+            admitted.append(todo.pop(0))
+        # as the scheduler admits: prompts of similar lengths prefilled together, one forward a group
+        for group in prefill_groups(admitted, length=lambda item: len(item[1])):
+            pairs = runner.prefill_group([p for _, p in group], [params] * len(group), [i for i, _ in group])
+            for state, out in pairs:
+                running.append([state, len(out.tokens), out.tokens[-1] == eos])
+                tokens += 1
         live = [r for r in running if not r[2] and r[1] < new_tokens]
         for r in running:
             if r not in live:

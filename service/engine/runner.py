@@ -207,24 +207,29 @@ class ModelRunner:
         resume_tokens: list[int] | None = None,
         histories: list[list[int]] | None = None,
     ) -> list[tuple[SeqState, StepOutput]]:
-        """``prefill`` for R prompts of one length in one forward (a GRPO group: n samples of a
-        prompt). Needs R free slots. Each row's tokens are those it would get alone.
+        """``prefill`` for R prompts in one forward (a GRPO group: n samples of a prompt; or
+        requests admitted together). Needs R free slots. Each row's tokens are those it would get
+        alone.
 
-        The prompts' depth-1 MTP entries are computed here, so a step never carries more than
-        G + 1 pending pairs per row, whatever was admitted beside it.
+        Prompts of different lengths are right-padded to the longest. That needs no extra mask: a
+        pad sits after its row's last token, so no real token attends to it (causal), and its KV
+        entries lie past the row's length, where the row's next tokens overwrite them before any
+        read. The prompts' depth-1 MTP entries are computed here too, so a step never carries more
+        than G + 1 pending pairs per row, whatever was admitted beside it.
         """
-        R, n = len(prompts), len(prompts[0])
-        if not 1 <= n < self.max_len:
-            raise ValueError(f"prompt length {n} must be in [1, {self.max_len})")
-        if any(len(p) != n for p in prompts) or not R == len(params) == len(seeds):
-            raise ValueError("prefill_group takes prompts of one length, with one params and seed each")
+        R = len(prompts)
+        if not R == len(params) == len(seeds) or not R:
+            raise ValueError("prefill_group takes one or more prompts, with one params and seed each")
+        for prompt in prompts:
+            if not 1 <= len(prompt) < self.max_len:
+                raise ValueError(f"prompt length {len(prompt)} must be in [1, {self.max_len})")
         if self.free_slots() < R:
             raise RuntimeError("no free KV slot: admission must check free_slots() first")
         states = []
-        for prm, seed in zip(params, seeds, strict=True):
+        for prompt, prm, seed in zip(prompts, params, seeds, strict=True):
             slot = self.kv.allocate()
             assert slot is not None and self.mtp_kv.allocate() == slot, "slot pools out of step"
-            states.append(SeqState(slot=slot, params=prm, seed=seed, position=n))
+            states.append(SeqState(slot=slot, params=prm, seed=seed, position=len(prompt)))
             self._owner[slot] = states[-1]
         try:
             tokens, probs = self._prefill(
@@ -249,8 +254,14 @@ class ModelRunner:
         resume_tokens: list[int] | None,
         histories: list[list[int]] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts [R, n] into the slots ``rows``: ([R] first tokens, [R, V] their laws)."""
-        R, n, dev = len(prompts), len(prompts[0]), self.device
+        """Prompts (R of them, right-padded to the longest, n) into the slots ``rows``: ([R] first
+        tokens, [R, V] their laws)."""
+        R, dev = len(prompts), self.device
+        lengths = [len(p) for p in prompts]
+        n = max(lengths)
+        lens = torch.tensor(lengths, device=dev)  # [R]: each row's first sampled position
+        last = lens - 1  # [R]: each row's last prompt token
+        every = self._arange[:R]
         params = [s.params for s in states]
         self.seed[rows] = torch.tensor([s.seed for s in states], device=dev)
         self.temperature[rows] = torch.tensor([p.temperature for p in params], device=dev)
@@ -260,20 +271,20 @@ class ModelRunner:
             slot, prm = state.slot, state.params
             self._greedy[slot] = prm.temperature < GREEDY_TEMPERATURE
             self._filtered[slot] = 0 < prm.top_k < self.vocab_size or prm.top_p < 1
-            self.procs.admit(slot, prm, n, None if histories is None else histories[i])
+            self.procs.admit(slot, prm, lengths[i], None if histories is None else histories[i])
         if not self._on_cuda:
-            self._refill_rng(self._arange[rows], torch.full((R,), n))
-        ids = torch.tensor(prompts, device=dev)  # [R, n]
+            self._refill_rng(self._arange[rows], lens)
+        ids = torch.tensor([p + [p[-1]] * (n - len(p)) for p in prompts], device=dev)  # [R, n], padded
         index = self._arange[:n].expand(R, n)  # positions, and the entries they are written to
         start = self._arange[:R] * 0
         out = self.model(ids, index, prefix_mask(start, n, n), self.kv.views(rows, index, n))
-        probs = self._laws(out.logits[:, -1:], rows, torch.full((R,), n, device=dev))[:, 0]  # [R, V]
+        probs = self._laws(out.logits[every, last][:, None], rows, lens)[:, 0]  # [R, V]
         if resume_tokens is not None:
             tokens = torch.tensor(resume_tokens, device=dev)
         else:
-            tokens = self._draw(probs, rows, torch.full((R,), n, device=dev), SLOT_SAMPLE)
+            tokens = self._draw(probs, rows, lens, SLOT_SAMPLE)
         self.procs.record(rows, tokens[:, None])
-        self.position[rows], self.pending[rows] = n, tokens
+        self.position[rows], self.pending[rows] = lens, tokens
         if self.G:
             model = self.model
             if n > 1:  # depth-1 entries of the pairs (h_j, x_{j+1}) at positions 1..n-1
@@ -286,7 +297,7 @@ class ModelRunner:
                     self.mtp_kv.views(rows, index[:, : n - 1], n - 1),
                     logits_at=start,  # the entries are what is needed, not the logits
                 )
-            self.pend_hidden[rows, 0] = out.hidden[:, -1]
+            self.pend_hidden[rows, 0] = out.hidden[every, last]
             self.pend_tokens[rows, 0] = tokens
             self.n_pend[rows] = 1
         return tokens, probs

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from .runner import ModelRunner, SeqState, StepOutput
 from .sampling import SamplingParams
@@ -177,8 +177,9 @@ class Scheduler:
         return self.paused_mode is None and bool(self.running or self.waiting)
 
     def _admit(self) -> None:
-        """Move waiting requests into free slots. Fresh requests whose prompts have one length (a
-        GRPO group: n samples of one prompt) are prefilled together in one forward."""
+        """Move waiting requests into free slots. Fresh requests are prefilled together, a group per
+        forward (``prefill_groups``): a GRPO group's n samples of one prompt, or requests that
+        arrived together with prompts of similar lengths."""
         admitted: list[Request] = []
         while self.waiting and len(admitted) < self.runner.free_slots():
             with self._wake:
@@ -189,13 +190,13 @@ class Scheduler:
                 self._finish(req, {"type": "length", "length": len(req.output)})
                 continue
             admitted.append(req)
-        groups: dict[int, list[Request]] = {}
+        fresh = []
         for req in admitted:
             if req.output:  # resumed: prefilled alone, with its pending token kept
                 self._admit_one(req)
             else:
-                groups.setdefault(len(req.prompt), []).append(req)
-        for group in groups.values():
+                fresh.append(req)
+        for group in prefill_groups(fresh):
             if len(group) == 1:
                 self._admit_one(group[0])
                 continue
@@ -361,3 +362,27 @@ class Scheduler:
 def _engine_error(err: Exception) -> dict[str, Any]:
     """The final event of a request that failed inside the engine (a 500, not the client's fault)."""
     return {"type": "abort", "message": f"engine error: {type(err).__name__}: {err}", "status_code": 500}
+
+
+T = TypeVar("T")
+
+# A group's prompts are right-padded to its longest; padding may at most double the tokens a
+# prefill computes (a long prompt beside short ones is prefilled apart from them).
+MAX_PADDED_RATIO = 2.0
+
+
+def prefill_groups(items: list[T], length: Callable[[T], int] = lambda req: len(req.prompt)) -> list[list[T]]:
+    """Split fresh requests (or anything with a prompt ``length``) into prefill groups, shortest
+    prompts first: each group's padded size (count x longest prompt) is at most
+    ``MAX_PADDED_RATIO`` times its real prompt tokens."""
+    groups: list[list[T]] = []
+    real = 0
+    for item in sorted(items, key=length):
+        n = length(item)  # the longest so far, as they are sorted
+        if groups and (len(groups[-1]) + 1) * n <= MAX_PADDED_RATIO * (real + n):
+            groups[-1].append(item)
+            real += n
+        else:
+            groups.append([item])
+            real = n
+    return groups

@@ -94,15 +94,30 @@ def test_tiny_temperatures_decode_like_greedy(model):
 
 
 @pytest.mark.parametrize("spec", ["none", "rejection"])
-def test_a_group_prefill_gives_each_row_its_own_tokens(model, spec):
-    params = [SamplingParams(temperature=1.0), SamplingParams(temperature=0.7, top_k=5)]
-    prompts, seeds = [[5, 6, 7], [8, 9, 10]], [11, 12]
-    runner = ModelRunner(model, 2, 64, spec, 3)
+@pytest.mark.parametrize(
+    "prompts",
+    [
+        [[5, 6, 7], [8, 9, 10], [11, 12, 13]],  # one length: a GRPO group
+        [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [4]],  # right-padded to the longest
+    ],
+)
+def test_a_group_prefill_gives_each_row_its_own_tokens(model, spec, prompts):
+    params = [
+        SamplingParams(temperature=1.0),
+        SamplingParams(temperature=0.7, top_k=5),
+        SamplingParams(temperature=1.3, top_p=0.9),
+    ]
+    seeds = [11, 12, 13]
+    runner = ModelRunner(model, 3, 64, spec, 3)
     pairs = runner.prefill_group(prompts, params, seeds)
+    assert [s.position for s, _ in pairs] == [len(p) for p in prompts]
     grouped = decode(runner, [s for s, _ in pairs], [list(o.tokens) for _, o in pairs], 16)
-    for k in range(2):
+    for k in range(3):
         solo = ModelRunner(model, 1, 64, spec, 3)
         state, first = solo.prefill(prompts[k], params[k], seeds[k])
+        # the first token's law too: a sampled token alone can coincide under a wrong law
+        assert first.logprobs == pytest.approx(pairs[k][1].logprobs, abs=1e-5)
+        assert first.entropies == pytest.approx(pairs[k][1].entropies, abs=1e-5)
         assert decode(solo, [state], [list(first.tokens)], 16)[0] == grouped[k]
 
 
