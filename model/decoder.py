@@ -248,9 +248,12 @@ class Qwen3Model(nn.Module):
         positions: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
         past: list[LayerCache] | list[PoolCache] | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> DecoderOutput:
         """input_ids [B, T]; positions [B, T] (default 0..T-1); mask [B, 1, T, P + T] bool or None
-        (causal over the T new tokens, allowed only without ``past``)."""
+        (causal over the T new tokens, allowed only without ``past``). logits_at [B] int64: the one
+        position per row whose logits are wanted (logits then [B, 1, V]; a prefill needs only its
+        last token's, and [B, T, V] float32 of a long prompt batch is gigabytes); None: all T."""
         B, T = input_ids.shape
         if positions is None:
             positions = torch.arange(T, device=input_ids.device).expand(B, T)
@@ -262,5 +265,6 @@ class Qwen3Model(nn.Module):
         for i, layer in enumerate(self.model.layers):
             x, cache = layer(x, rope, mask, past[i] if past is not None else None)
             caches.append(cache)
-        logits = self.lm_head(self.model.norm(x)).float()
+        last = x if logits_at is None else x[torch.arange(B, device=x.device), logits_at][:, None]
+        logits = self.lm_head(self.model.norm(last)).float()
         return DecoderOutput(logits=logits, hidden=x, cache=caches)

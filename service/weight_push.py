@@ -89,6 +89,12 @@ def broadcast_until_answered(
     works = [dist.broadcast(t, src=0, async_op=True) for t in sent]
     deadline = time.monotonic() + timeout_s
     while not all(w.is_completed() for w in works):
+        if answer.done() and answer.exception() is not None:  # the HTTP call itself failed
+            raise WeightPushError(
+                "the update call failed before the engines received the weights; "
+                "create the weight group again before the next push",
+                {"call_error": f"{type(answer.exception()).__name__}: {answer.exception()}"},
+            )
         if answer.done() and failed(answer.result()):
             raise WeightPushError(
                 "the update was refused before the engines received the weights; "

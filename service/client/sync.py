@@ -125,7 +125,9 @@ class RolloutClient:
         if group is None:
             raise WeightPushError("no weight group", "call init_weights_group first")
         push = push_weights_call(named_tensors, group, version, pause_mode, continue_aborted)
-        with ThreadPoolExecutor(1) as pool:
+        # Not a `with`: its exit would wait for the POST, which a failed push must not do.
+        pool = ThreadPoolExecutor(1)
+        try:
             # The engines receive only while the POST is in flight, so it runs beside the broadcast.
             answer = pool.submit(self._send, push)
             try:
@@ -136,6 +138,8 @@ class RolloutClient:
                 # refused, what each serves) comes at once: hand it to the caller with the error.
                 details = {"broadcast": err.details, "gateway": _late(answer)}
                 raise WeightPushError(err.message, details) from None
+        finally:
+            pool.shutdown(wait=False)
         return push.parse(r)
 
     def _dissolve_group(self) -> None:

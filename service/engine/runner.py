@@ -277,8 +277,8 @@ class ModelRunner:
         ids = torch.tensor([p + [p[-1]] * (n - len(p)) for p in prompts], device=dev)  # [R, n], padded
         index = self._arange[:n].expand(R, n)  # positions, and the entries they are written to
         start = self._arange[:R] * 0
-        out = self.model(ids, index, prefix_mask(start, n, n), self.kv.views(rows, index, n))
-        probs = self._laws(out.logits[every, last][:, None], rows, lens)[:, 0]  # [R, V]
+        out = self.model(ids, index, prefix_mask(start, n, n), self.kv.views(rows, index, n), logits_at=last)
+        probs = self._laws(out.logits, rows, lens)[:, 0]  # [R, V]
         if resume_tokens is not None:
             tokens = torch.tensor(resume_tokens, device=dev)
         else:

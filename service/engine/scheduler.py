@@ -367,19 +367,23 @@ def _engine_error(err: Exception) -> dict[str, Any]:
 T = TypeVar("T")
 
 # A group's prompts are right-padded to its longest; padding may at most double the tokens a
-# prefill computes (a long prompt beside short ones is prefilled apart from them).
+# prefill computes (a long prompt beside short ones is prefilled apart from them), and a group's
+# padded tokens are bounded, which bounds the forward's activations.
 MAX_PADDED_RATIO = 2.0
+MAX_GROUP_TOKENS = 16384
 
 
 def prefill_groups(items: list[T], length: Callable[[T], int] = lambda req: len(req.prompt)) -> list[list[T]]:
     """Split fresh requests (or anything with a prompt ``length``) into prefill groups, shortest
     prompts first: each group's padded size (count x longest prompt) is at most
-    ``MAX_PADDED_RATIO`` times its real prompt tokens."""
+    ``MAX_PADDED_RATIO`` times its real prompt tokens and at most ``MAX_GROUP_TOKENS`` (a single
+    longer prompt is a group of its own)."""
     groups: list[list[T]] = []
     real = 0
     for item in sorted(items, key=length):
         n = length(item)  # the longest so far, as they are sorted
-        if groups and (len(groups[-1]) + 1) * n <= MAX_PADDED_RATIO * (real + n):
+        padded = (len(groups[-1]) + 1) * n if groups else 0
+        if groups and padded <= MAX_PADDED_RATIO * (real + n) and padded <= MAX_GROUP_TOKENS:
             groups[-1].append(item)
             real += n
         else:

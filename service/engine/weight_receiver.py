@@ -47,6 +47,7 @@ class WeightReceiver:
         self.timeout_s = timeout_s
         self.lock = threading.Lock()
         self.leave_requested = threading.Event()
+        self.receiving = False  # under the lock: a receive is waiting for tensors
 
     def init_group(
         self, master_address: str, master_port: int, rank: int, world_size: int, group_name: str, backend: str
@@ -56,6 +57,7 @@ class WeightReceiver:
         if not (0 < rank < world_size):
             raise ValueError(f"rank_offset must be in [1, world_size), got {rank} of {world_size}")
         with self.lock:  # waits for an abandoned group's destroy (at most the group timeout)
+            self.group_name = self.backend = None  # during the rendezvous there is no usable group
             if dist.is_initialized():
                 dist.destroy_process_group()
             self.leave_requested.clear()
@@ -71,11 +73,13 @@ class WeightReceiver:
 
     def destroy_group(self, group_name: str) -> None:
         """Leave the group joined by ``init_group`` (SGLang's /destroy_weights_update_group). A
-        receive in progress stops and leaves the group itself: this returns at once either way."""
+        receive in progress stops and leaves the group itself: this returns at once either way.
+        (While a join is in its rendezvous the group named is the one being replaced: nothing to do.)"""
         if self.group_name is None or group_name != self.group_name:
             raise ValueError(f"no weight update group named {group_name!r} to destroy")
         if not self.lock.acquire(blocking=False):
-            self.leave_requested.set()
+            if self.receiving:
+                self.leave_requested.set()
             return
         try:
             self._leave()
@@ -84,63 +88,84 @@ class WeightReceiver:
 
     def leave_if_member(self, group_name: object) -> bool:
         """Leave the group when it is the one named: what an engine does when it refuses a push it
-        will not receive, so that the trainer's broadcast fails at once. Returns whether it left."""
-        with self.lock:
+        will not receive, so that the trainer's broadcast fails at once. Returns whether it left.
+        Never waits: while the lock is busy (a join, a receive, a destroy) it leaves nothing."""
+        if self.group_name is None or group_name != self.group_name:
+            return False
+        if not self.lock.acquire(blocking=False):
+            return False
+        try:
             if self.group_name is None or group_name != self.group_name:
                 return False
             self._leave()
             return True
+        finally:
+            self.lock.release()
 
     def _leave(self) -> None:
         """Under ``self.lock``."""
+        self.group_name = self.backend = None
         if dist.is_initialized():
             dist.destroy_process_group()
-        self.group_name = self.backend = None
 
     def receive(
         self, names: list[str], dtypes: list[str], shapes: list[list[int]], group_name: str, model: Qwen3Model
     ) -> dict[str, torch.Tensor]:
         """Receive the broadcast tensors, then validate them (names, shapes, dtypes, finite).
 
-        A manifest refused before receiving makes this engine leave the group (``leave_if_member``);
-        once receiving starts, every announced tensor is received whatever its verdict, so the
-        broadcast completes for everyone and the refusal comes after. A broadcast that fails (a
-        peer left) or that this engine is told to leave ends the receive with a ValueError."""
+        A manifest refused before receiving makes this engine leave the group; once receiving
+        starts, every announced tensor is received whatever its verdict, so the broadcast completes
+        for everyone and the refusal comes after. A broadcast that fails (a peer left) or that this
+        engine is told to leave ends the receive with a ValueError."""
+        self._check_member(group_name)  # fail fast, without waiting for the lock
+        self.lock.acquire()
+        handed_over = False  # the lock goes to the thread that destroys an abandoned group
+        received: dict[str, torch.Tensor] = {}
+        try:
+            self._check_member(group_name)  # again: the group may have changed while we waited
+            try:
+                torch_dtypes, device = self._plan(names, dtypes, shapes, model)
+            except ValueError as err:
+                self._leave()
+                raise ValueError(f"{err}{LEFT_GROUP}") from None
+            self.receiving = True
+            try:
+                for name, dtype, shape in zip(names, torch_dtypes, shapes, strict=True):
+                    buf = torch.empty([int(x) for x in shape], dtype=dtype, device=device)
+                    self._wait(dist.broadcast(buf, src=0, async_op=True))
+                    received[name] = buf
+            except _Abandoned:
+                self.group_name = self.backend = None
+                # destroy blocks until the pending receive times out: hand it and the lock to a thread
+                threading.Thread(target=self._destroy_then_release, daemon=True).start()
+                handed_over = True
+                raise ValueError(
+                    f"the broadcast failed after {len(received)} of {len(names)} tensors: the engine was "
+                    "told to leave the weight update group while it waited (the push failed elsewhere); "
+                    "create the group again before the next push"
+                ) from None
+            except (RuntimeError, ValueError) as err:  # DistBackendError included: a peer left or died
+                self._leave()  # the group is broken for every later call
+                raise ValueError(
+                    f"the broadcast failed after {len(received)} of {len(names)} tensors: "
+                    f"{str(err).splitlines()[0][:300]}{LEFT_GROUP}"
+                ) from None
+            finally:
+                self.receiving = False
+            if self.leave_requested.is_set():  # told to leave as the last tensor came: leave now
+                self.leave_requested.clear()
+                self._leave()
+        finally:
+            if not handed_over:
+                self.lock.release()
+        check_tensors(received, model.state_dict())
+        return received
+
+    def _check_member(self, group_name: str) -> None:
         if self.group_name is None or not dist.is_initialized():
             raise ValueError("no weight update group: call /init_weights_update_group first")
         if group_name != self.group_name:
             raise ValueError(f"unknown group_name {group_name!r}; this engine joined {self.group_name!r}")
-        try:
-            torch_dtypes, device = self._plan(names, dtypes, shapes, model)
-        except ValueError as err:
-            left = self.leave_if_member(group_name)
-            raise ValueError(f"{err}{LEFT_GROUP if left else ''}") from None
-        received: dict[str, torch.Tensor] = {}
-        self.lock.acquire()
-        try:
-            for name, dtype, shape in zip(names, torch_dtypes, shapes, strict=True):
-                buf = torch.empty([int(x) for x in shape], dtype=dtype, device=device)
-                self._wait(dist.broadcast(buf, src=0, async_op=True))
-                received[name] = buf
-        except _Abandoned:
-            self.group_name = self.backend = None
-            # destroy blocks until the pending receive times out: hand it and the lock to a thread
-            threading.Thread(target=self._destroy_then_release, daemon=True).start()
-            raise ValueError(
-                f"the broadcast failed after {len(received)} of {len(names)} tensors: the engine was told "
-                "to leave the weight update group while it waited (the push failed elsewhere); "
-                "create the group again before the next push"
-            ) from None
-        except RuntimeError as err:  # DistBackendError included: a peer left or died
-            self._leave()  # the group is broken for every later call
-            self.lock.release()
-            raise ValueError(
-                f"the broadcast failed after {len(received)} of {len(names)} tensors: "
-                f"{str(err).splitlines()[0][:300]}{LEFT_GROUP}"
-            ) from None
-        self.lock.release()
-        check_tensors(received, model.state_dict())
-        return received
 
     def _wait(self, work: dist.Work) -> None:
         """Wait for one receive, giving up when told to leave. Polling, because a gloo receive

@@ -98,9 +98,16 @@ def report_exits(procs: list[subprocess.Popen], urls: list[str], stopping: threa
 
     def watch(proc: subprocess.Popen, url: str) -> None:
         code = proc.wait()
-        if stopping.is_set():
+        # Ctrl-C reaches the engines too (one process group) before the gateway sets ``stopping``
+        if stopping.is_set() or code == -signal.SIGINT:
             return
-        how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+        if code < 0:
+            try:
+                how = f"was killed by {signal.Signals(-code).name}"
+            except ValueError:  # a real-time signal has no name
+                how = f"was killed by signal {-code}"
+        else:
+            how = f"exited with code {code}"
         log.error("embedded engine %s (pid %d) %s while the gateway was serving", url, proc.pid, how)
 
     for proc, url in zip(procs, urls, strict=True):

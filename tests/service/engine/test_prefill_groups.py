@@ -2,7 +2,7 @@
 to the group's longest, padding at most doubling the tokens computed."""
 
 from bebop.service.engine.sampling import SamplingParams
-from bebop.service.engine.scheduler import MAX_PADDED_RATIO, Request, prefill_groups
+from bebop.service.engine.scheduler import MAX_GROUP_TOKENS, MAX_PADDED_RATIO, Request, prefill_groups
 
 
 def requests(*lengths: int) -> list[Request]:
@@ -35,5 +35,12 @@ def test_every_group_keeps_the_padding_bound_and_no_request_is_lost():
     assert sorted(r.rid for g in groups for r in g) == sorted(r.rid for r in reqs)
     for group in groups:
         real = sum(len(r.prompt) for r in group)
-        assert len(group) * max(len(r.prompt) for r in group) <= MAX_PADDED_RATIO * real
+        padded = len(group) * max(len(r.prompt) for r in group)
+        assert padded <= MAX_PADDED_RATIO * real and (padded <= MAX_GROUP_TOKENS or len(group) == 1)
     assert prefill_groups([]) == []
+
+
+def test_a_group_s_padded_tokens_are_bounded():
+    n = MAX_GROUP_TOKENS // 4
+    assert lengths(prefill_groups(requests(n, n, n, n, n, n))) == [[n] * 4, [n] * 2]
+    assert lengths(prefill_groups(requests(3 * MAX_GROUP_TOKENS))) == [[3 * MAX_GROUP_TOKENS]]

@@ -91,3 +91,7 @@ def test_a_stock_engine_that_refuses_is_told_to_leave_the_group(stacks):
         at = len(calls) - 1 - calls[::-1].index("/update_weights_from_distributed")
         assert "/destroy_weights_update_group" in calls[at:], (url, calls[at:])
         assert httpx.get(url + "/model_info").json()["weight_version"] != "v-refused"
+    # a member left, so the group is gone: the next push says to create it again
+    assert httpx.get(gateway + "/v1/weights/group").json()["group_name"] is None
+    r = httpx.post(gateway + "/v1/weights/distributed", json=PUSH, timeout=60)
+    assert r.status_code == 409 and "no weight update group" in r.text, r.text
