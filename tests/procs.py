@@ -21,24 +21,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, url: str, path: str = "/readyz", timeout: float = 120.0) -> None:
+    """Return once ``url + path`` answers 200; RuntimeError if ``proc`` exits first, TimeoutError
+    after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            raise RuntimeError(f"{proc.args} exited {proc.returncode}:\n{out}")
+        try:
+            if httpx.get(url + path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{proc.args} not ready after {timeout} s")
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def running(args: list[str], port: int, ready_path: str = "/health", timeout: float = 120.0) -> Iterator[str]:
     """Start ``bebop *args`` and yield its base URL once ``ready_path`` answers 200; stop it after."""
     proc = subprocess.Popen([BEBOP, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"bebop {' '.join(args)} exited {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(url + ready_path, timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"bebop {' '.join(args)} not ready after {timeout} s")
-            time.sleep(0.2)
+        wait_ready(proc, url, ready_path, timeout)
         yield url
     finally:
         proc.terminate()

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.procs import BEBOP, free_port, running
+from tests.procs import BEBOP, free_port, running, wait_ready
 
 API, ADMIN = "api-secret-0123456789", "admin-secret-0123456789"
 
@@ -204,15 +204,7 @@ def test_auth_with_one_token_closes_every_route_but_health(engine):
     proc = subprocess.Popen([BEBOP, "serve", "--port", str(port), "--engine-url", engine], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_ready(proc, url, timeout=60)
         bearer = {"Authorization": f"Bearer {API}"}
         for method, path, body in [
             ("GET", "/v1/engines", None),
@@ -257,15 +249,7 @@ def test_embedded_engines_die_with_a_killed_gateway_even_when_stuck():
     proc = subprocess.Popen([BEBOP, "serve", "--port", str(port), "--engines", "1"])
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_ready(proc, url, timeout=180)
         (child,) = children(proc.pid)
         assert post(url, "/v1/pause", {"mode": "in_place"}).status_code == 200
         held = threading.Thread(
@@ -293,15 +277,7 @@ def test_the_gateway_logs_how_an_embedded_engine_died(tmp_path):
         proc = subprocess.Popen([BEBOP, "serve", "--port", str(port), "--engines", "1"], stdout=f, stderr=f)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_ready(proc, url, timeout=180)
         (child,) = children(proc.pid)
         os.kill(child, signal.SIGKILL)
         deadline = time.monotonic() + 15

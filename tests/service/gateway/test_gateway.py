@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from tests.procs import BEBOP, free_port, running
+from tests.procs import BEBOP, free_port, running, wait_ready
 
 ROLLOUT = {
     "prompts": [{"input_ids": [5, 6, 7], "n": 3}, {"input_ids": [9, 10], "n": 2}],
@@ -190,15 +190,7 @@ def test_tokens_guard_the_api_and_non_loopback_needs_them(engines):
     proc = subprocess.Popen([BEBOP, "serve", "--port", str(port), "--engine-url", engines[0]], env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        wait_ready(proc, url, timeout=60)
         small = {"prompts": [{"input_ids": [5]}], "sampling_params": {"max_new_tokens": 2}}
         assert post(url, "/v1/rollouts", small).status_code == 401
         api = {"Authorization": "Bearer api-secret-123456"}
