@@ -9,51 +9,17 @@ from fastapi import APIRouter
 from fastapi import Request as HTTPRequest
 from fastapi.responses import Response, StreamingResponse
 
+from ...generate_doc import generate_doc
 from ...httpguard import CLIENT_CLOSED, first_or_disconnect
 from ..engine import Engine
 from ..protocol import SSE_DONE, GenerateInput, failure, sse_event
 from ..scheduler import Overloaded, Request, Scheduler
 from .deps import EngineDep, JsonBody, error_response
 
-_STRINGS = {"type": "array", "items": {"type": "string"}}
-_IDS = {"type": "array", "items": {"type": "integer"}}
-GENERATE_DOC = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "text": {"oneOf": [{"type": "string"}, _STRINGS]},
-                        "input_ids": {"oneOf": [_IDS, {"type": "array", "items": _IDS}]},
-                        "sampling_params": {
-                            "type": "object",
-                            "properties": {
-                                "temperature": {"type": "number"},
-                                "top_p": {"type": "number"},
-                                "top_k": {"type": "integer"},
-                                "max_new_tokens": {"type": "integer"},
-                                "stop_token_ids": _IDS,
-                                "ignore_eos": {"type": "boolean"},
-                                "sampling_seed": {"type": "integer"},
-                            },
-                        },
-                        "rid": {"oneOf": [{"type": "string"}, _STRINGS]},
-                        "stream": {"type": "boolean"},
-                        "return_logprob": {"type": "boolean"},
-                        "return_entropy": {"type": "boolean"},
-                    },
-                }
-            }
-        },
-    }
-}
-
 router = APIRouter()
 
 
-@router.post("/generate", openapi_extra=GENERATE_DOC)
+@router.post("/generate", openapi_extra=generate_doc())
 async def generate(request: HTTPRequest, engine: EngineDep, body: JsonBody):
     job = engine.parse_generate(body)  # the whole body: one bad prompt and nothing is submitted
     reqs, queues = _track(engine, job)

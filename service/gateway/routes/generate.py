@@ -5,40 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
+from ...generate_doc import generate_doc
 from ...httpguard import CLIENT_CLOSED, first_or_disconnect
 from ..deps import ApiAccess, GatewayDep, JsonObject
-
-SGLANG_GENERATE_DOC = {
-    "summary": "SGLang /generate, passed through to one engine (stream: server-sent events)",
-    "requestBody": {
-        "required": True,
-        "content": {
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "text": {"type": "string"},
-                        "input_ids": {"type": "array", "items": {"type": "integer"}},
-                        "sampling_params": {"type": "object"},
-                        "stream": {"type": "boolean"},
-                        "return_logprob": {"type": "boolean"},
-                        "rid": {"type": "string"},
-                    },
-                },
-                # shown in /docs, and the first case a schema-driven client (or fuzzer) sends
-                "example": {
-                    "input_ids": [5, 6, 7],
-                    "sampling_params": {"max_new_tokens": 4, "temperature": 0},
-                },
-            }
-        },
-    },
-}
 
 router = APIRouter(tags=["sglang"])
 
 
-@router.post("/generate", openapi_extra=SGLANG_GENERATE_DOC)
+@router.post(
+    "/generate",
+    openapi_extra=generate_doc("SGLang /generate, passed through to one engine (stream: server-sent events)"),
+)
 async def generate(_: ApiAccess, gw: GatewayDep, body: JsonObject, request: Request) -> Response:
     # Not JSON: 400 in SGLang's error shape (BadJsonBody); the engine validates the fields. (A comment,
     # not a docstring: a docstring would become the operation's description in the OpenAPI schema.)
