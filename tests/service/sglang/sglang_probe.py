@@ -354,6 +354,80 @@ def mtp_plumbing(workdir: str) -> dict[str, object]:
     return out
 
 
+def draft_on_cpu() -> dict[str, object]:
+    """Bebop's dense-Qwen3 draft class built by SGLang's own layers in a world-size-1 gloo group
+    (SGLang's runtime context, model-parallel and dp-attention state, as its scheduler sets them up),
+    then fed the demo checkpoint through its ``load_weights``: where each ``mtp.*`` tensor landed,
+    fused projections (qkv_proj, gate_up_proj) read back by slice. Runs last: it initialises
+    SGLang's process-wide parallel state."""
+    import socket
+
+    import sglang.srt.layers.rotary_embedding.base as rope_base
+    from safetensors.torch import load_file
+    from sglang.srt.distributed.parallel_state import (
+        init_distributed_environment,
+        initialize_model_parallel,
+    )
+    from sglang.srt.layers.dp_attention import initialize_dp_attention
+    from sglang.srt.runtime_context import SpawnRanks, publish
+    from sglang.srt.server_args import ServerArgs
+    from transformers import AutoConfig
+
+    from bebop.model.demo_path import demo_model_dir
+    from bebop.service.sglang.qwen3_mtp import register_draft_class
+
+    model_dir = str(demo_model_dir())
+    server_args = ServerArgs(model_path=model_dir, device="cpu")
+    publish(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    init_distributed_environment(
+        backend="gloo", world_size=1, rank=0, local_rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}"
+    )
+    initialize_model_parallel()
+    initialize_dp_attention(server_args=server_args)
+    # A CPU-only test workaround, not the plugin's: with no CUDA (and no CPU build of sgl_kernel),
+    # SGLang's RotaryEmbedding falls back to vllm's kernel (layers/rotary_embedding/base.py); its
+    # module flag _is_cpu keeps the torch-native rotary path.
+    rope_base._is_cpu = True
+    cls = register_draft_class()
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("cpu"):
+        model = cls(config)
+    state = load_file(f"{model_dir}/model.safetensors")
+    model.load_weights(list(state.items()))
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    q = config.num_attention_heads * config.head_dim
+    kv = config.num_key_value_heads * config.head_dim
+    fused = {
+        "q_proj": ("qkv_proj", 0, [q, kv, kv]),
+        "k_proj": ("qkv_proj", 1, [q, kv, kv]),
+        "v_proj": ("qkv_proj", 2, [q, kv, kv]),
+        "gate_proj": ("gate_up_proj", 0, [config.intermediate_size] * 2),
+        "up_proj": ("gate_up_proj", 1, [config.intermediate_size] * 2),
+    }
+    landed: dict[str, object] = {}
+    for name, tensor in state.items():
+        if not name.startswith("mtp."):
+            continue
+        rest = name.removeprefix("mtp.")
+        target = "model." + rest if rest.startswith(("layers.", "norm.")) else rest
+        part = next((k for k in fused if f".{k}." in target), None)
+        if part is None:
+            got = params.get(target)
+        else:
+            fused_name, index, sizes = fused[part]
+            got = params[target.replace(part, fused_name)].split(sizes, dim=0)[index]
+        landed[name] = got is not None and torch.equal(got, tensor.to(got.dtype))
+    return {
+        "class": cls.__name__,
+        "layers": len(model.model.layers),
+        "landed": landed,
+        "embed_equal": torch.equal(params["model.embed_tokens.weight"], state["model.embed_tokens.weight"]),
+    }
+
+
 def sglang_parses(args: list[str]) -> dict[str, object]:
     """SGLang's own CLI parser on the flags ``bebop sglang-server`` checks: the names must be real."""
     import argparse
@@ -377,6 +451,10 @@ def main() -> None:
     result["plumbing"] = statistics_plumbing()
     result["mtp"] = mtp_plumbing(os.getcwd())
     result["parsed_flags"] = sglang_parses(json.loads(os.environ["BEBOP_PROBE_FLAGS"]))
+    try:  # last: it sets up SGLang's process-wide parallel state
+        result["draft_on_cpu"] = draft_on_cpu()
+    except Exception as err:  # reported to the test, which fails with it
+        result["draft_on_cpu"] = {"error": f"{type(err).__name__}: {err}"}
     sys.stdout.write("RESULT " + json.dumps(result) + "\n")
 
 

@@ -2,8 +2,8 @@
 
 The name mapping runs on the shipped demo checkpoint here; the hooks on SGLang's own
 ``_config_draft_model``, model registry, ``Qwen3ForCausalLM.load_weights`` and safetensors index
-filter run in sglang_probe.py (``mtp_plumbing``). Instantiating the draft module needs SGLang's
-parallel runtime context and is not done on CPU (see the plugin's README section).
+filter run in sglang_probe.py (``mtp_plumbing``); the draft class itself is built by SGLang's layers
+in a world-size-1 gloo group on CPU and loads the demo checkpoint (``draft_on_cpu``).
 """
 
 from __future__ import annotations
@@ -67,3 +67,15 @@ def test_target_load_weights_skips_mtp_names(probe_result):
 @pytest.mark.sglang
 def test_mtp_safetensors_beside_a_sharded_checkpoint_is_kept(probe_result):
     assert probe_result["mtp"]["kept_files"] == ["model-00001-of-00001.safetensors", "mtp.safetensors"]
+
+
+@pytest.mark.sglang
+def test_the_draft_class_built_by_sglang_on_cpu_takes_every_mtp_tensor_unchanged(probe_result, checkpoint):
+    """SGLang's own parallel layers (fused qkv_proj and gate_up_proj included), its runtime context
+    and model-parallel state in a world-size-1 gloo group, SGLang's load_weights path."""
+    draft = probe_result["draft_on_cpu"]
+    assert "error" not in draft, draft
+    assert draft["class"] == DRAFT_ARCH and draft["layers"] == 1
+    assert set(draft["landed"]) == {n for n in checkpoint if n.startswith("mtp.")}
+    assert all(draft["landed"].values()), {n: ok for n, ok in draft["landed"].items() if not ok}
+    assert draft["embed_equal"]
