@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import torch
 
-from ..weight_push import WeightPushError, broadcast_until_answered, join_as_rank0
+from ..weight_push import LATE_ANSWER_S, WeightPushError, broadcast_until_answered, join_as_rank0
 from ._requests import (
     Call,
     Prompt,
@@ -185,7 +185,7 @@ class RolloutClient:
         return call.parse(self._send(call))
 
 
-def _late(answer: Future, timeout_s: float = 30.0) -> object:
+def _late(answer: Future, timeout_s: float = LATE_ANSWER_S) -> object:
     """The gateway's answer to a push whose broadcast failed, or why there is none."""
     try:
         r = answer.result(timeout=timeout_s)

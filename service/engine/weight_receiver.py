@@ -74,17 +74,11 @@ class WeightReceiver:
     def destroy_group(self, group_name: str) -> None:
         """Leave the group joined by ``init_group`` (SGLang's /destroy_weights_update_group). A
         receive in progress stops and leaves the group itself: this returns at once either way.
-        (While a join is in its rendezvous the group named is the one being replaced: nothing to do.)"""
+        (While a join is in its rendezvous there is no group to name: a ValueError.)"""
         if self.group_name is None or group_name != self.group_name:
             raise ValueError(f"no weight update group named {group_name!r} to destroy")
-        if not self.lock.acquire(blocking=False):
-            if self.receiving:
-                self.leave_requested.set()
-            return
-        try:
-            self._leave()
-        finally:
-            self.lock.release()
+        if not self.leave_if_member(group_name) and self.receiving:
+            self.leave_requested.set()
 
     def leave_if_member(self, group_name: object) -> bool:
         """Leave the group when it is the one named: what an engine does when it refuses a push it

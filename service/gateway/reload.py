@@ -73,7 +73,6 @@ class ReloadCoordinator:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
     last: dict = field(default_factory=dict)
     group: WeightGroup | None = None
-    group_broken: bool = False  # during a push: a member was told to leave the group
     # engine url -> the checkpoint directory its current weights came from; None after a push
     # (a stock engine that cannot stage can then not be rolled back from disk).
     checkpoints: dict[str, str | None] = field(default_factory=dict)
@@ -208,12 +207,7 @@ class ReloadCoordinator:
                     "/update_weights_from_distributed", body, urls, stage_id, session=True
                 )
 
-            self.group_broken = False
-            try:
-                return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, None)
-            finally:
-                if self.group_broken:  # a member left: the next push must create the group again
-                    self.group = None
+            return await self._two_phase(urls, version, pause_mode, continue_aborted, stage, None)
 
     # ------------------------------------------------------------------ the protocol
     async def _stage_all(
@@ -240,7 +234,7 @@ class ReloadCoordinator:
                 # its connections, so they fail now instead of at the group timeout. (Bebop's
                 # engines leave by themselves exactly when they refuse before receiving.)
                 await self._post(url, "/destroy_weights_update_group", {"group_name": body.get("group_name")})
-                self.group_broken = True
+                self.group = None  # a member left: the next push must create the group again
             return answer
 
         answers = await asyncio.gather(*(one(u) for u in urls))
