@@ -196,7 +196,7 @@ class WeightBroadcaster:
         refused = lambda answer: not answer.get("success")  # noqa: E731
         gathered = self.pool.submit(answers_or_first_refusal, answers, refused)
         try:
-            by_url = broadcast_until_answered(
+            broadcast_until_answered(
                 named_tensors, gathered, lambda got: any(map(refused, got.values())), self.timeout_s
             )
         except WeightPushError as err:
@@ -208,6 +208,9 @@ class WeightBroadcaster:
             self.close_group()
             late = {url: _answer_within(f, LATE_ANSWER_S) for url, f in answers.items()}
             raise WeightPushError(err.message, {**late, **_as_dict(err.details)}) from None
+        # The broadcast completed, so every engine answers (the gathering stopped at a refusal
+        # after receiving; the answer of each engine still belongs in the result or the error).
+        by_url = {url: _answer_within(f, self.timeout_s) for url, f in answers.items()}
         failed = {u: a for u, a in by_url.items() if not a.get("success")}
         if failed:
             raise WeightPushError("engines refused the update", failed)
