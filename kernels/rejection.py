@@ -106,14 +106,16 @@ def chain_rejection_sample(
     G = _check_shapes(target_probs, draft_probs, draft_tokens, seeds, positions, num_drafts)
     B, _, V = target_probs.shape
     _check_coins(coins, final_coins, B, G, target_probs.device)
-    if num_drafts is None:
-        num_drafts = torch.full((B,), G, dtype=torch.int64, device=target_probs.device)
-    if validate:
-        _check_values(target_probs, draft_probs, draft_tokens, num_drafts, G, V)
     tensors = [
         t for t in (target_probs, draft_probs, draft_tokens, seeds, positions, num_drafts) if t is not None
     ]
-    if resolve_backend(backend, *tensors) == "triton":
+    use_triton = resolve_backend(backend, *tensors) == "triton"
+    every_draft = num_drafts is None
+    if num_drafts is None and (validate or use_triton):
+        num_drafts = torch.full((B,), G, dtype=torch.int64, device=target_probs.device)
+    if validate:
+        _check_values(target_probs, draft_probs, draft_tokens, num_drafts, G, V)
+    if use_triton:
         if final_coins is not None and final_coins.ndim == 2:
             raise ValueError("final_coins per stop position [B, G+1] is for the torch backend only")
         return _chain_rejection_sample_triton(
@@ -135,7 +137,7 @@ def chain_rejection_sample(
         draft_tokens,
         seeds,
         positions,
-        num_drafts,
+        None if every_draft else num_drafts,  # the twin skips the masking of unused drafts
         with_entropy,
         SLOT_SAMPLE,
         coins,
@@ -312,33 +314,38 @@ def chain_rejection_sample_torch(
     draft_tokens: torch.Tensor,
     seeds: torch.Tensor,
     positions: torch.Tensor,
-    num_drafts: torch.Tensor,
+    num_drafts: torch.Tensor | None,
     with_entropy: bool,
     sample_slot: int,
     coins: torch.Tensor | None = None,
     final_coins: torch.Tensor | None = None,
 ) -> ChainSample:
-    """Torch twin of the Triton kernels: the readable spec, and the CPU path. Same tokens, bit for bit."""
+    """Torch twin of the Triton kernels: the readable spec, and the CPU path. Same tokens, bit for bit.
+    ``num_drafts`` None: every row uses all G drafts (the engine's steps)."""
     B, G1, _ = target_probs.shape
     G = G1 - 1
     device = target_probs.device
     rows = torch.arange(B, device=device)
     steps = torch.arange(G1, device=device)
-    p = target_probs.float()
+    p = _float(target_probs)
+    q = None if draft_probs is None else _float(draft_probs)
 
     # Accept/reject: u * q(y) < p(y), stopping at the first rejection. A draft with q(y) = 0 cannot
     # have been drawn from q: it is rejected (as SGLang's kernel does) rather than accepted on p(y) > 0.
+    in_use = None if num_drafts is None else steps[:G] < num_drafts[:, None]  # [B, G]
+    safe_tokens = draft_tokens if in_use is None else torch.where(in_use, draft_tokens, 0)  # no padding ids
     if G > 0:
-        in_use = steps[:G] < num_drafts[:, None]  # [B, G]; unused slots may hold padding ids
-        safe_tokens = torch.where(in_use, draft_tokens, 0)
-        p_draft = p[:, :G].gather(2, safe_tokens[:, :, None]).squeeze(2)  # [B, G]
-        if draft_probs is None:
-            q_draft = torch.ones_like(p_draft)
-        else:
-            q_draft = draft_probs.float().gather(2, safe_tokens[:, :, None]).squeeze(2)
+        at_drafts = safe_tokens[:, :, None]
+        p_draft = p[:, :G].gather(2, at_drafts)[:, :, 0]  # [B, G]
         if coins is None:
             coins = uniform_f32(seeds[:, None], positions[:, None] + steps[:G], SLOT_ACCEPT)  # [B, G]
-        accepted = (coins[:, :G] * q_draft < p_draft) & (q_draft > 0) & in_use
+        if q is None:
+            accepted = coins[:, :G] < p_draft
+        else:
+            q_draft = q.gather(2, at_drafts)[:, :, 0]
+            accepted = (coins[:, :G] * q_draft < p_draft) & (q_draft > 0)
+        if in_use is not None:
+            accepted &= in_use
         num_accepted = accepted.long().cumprod(1).sum(1)
     else:
         num_accepted = torch.zeros(B, dtype=torch.int64, device=device)
@@ -346,32 +353,35 @@ def chain_rejection_sample_torch(
     # The law of the emitted token: the residual at a rejection, p itself after all drafts.
     stop = num_accepted  # [B]
     p_stop = p[rows, stop]  # [B, V]
-    rejected = stop < num_drafts
-    q_stop = torch.zeros_like(p_stop)
     if G > 0:
+        rejected = stop < (G if num_drafts is None else num_drafts)
         stop_in_drafts = stop.clamp(max=G - 1)
-        if draft_probs is None:
+        if q is None:
+            q_stop = torch.zeros_like(p_stop)
             q_stop[rows, safe_tokens[rows, stop_in_drafts]] = 1.0
         else:
-            q_stop = draft_probs[rows, stop_in_drafts].float()
-        q_stop = q_stop * rejected[:, None]
-    residual = (p_stop - q_stop).clamp_min(0.0)
+            q_stop = q[rows, stop_in_drafts]
+        residual = torch.where(rejected[:, None], (p_stop - q_stop).clamp_min(0.0), p_stop)
+    else:
+        residual = p_stop
     if final_coins is not None and final_coins.ndim == 2:  # one uniform per possible stop position
         final_coins = final_coins[rows, stop]
-    token = _draw_index(
-        _quantise(residual), _quantise(p_stop), seeds, positions + stop, sample_slot, final_coins
-    )
+    weights = _quantise(residual)
+    fallback = weights if residual is p_stop else _quantise(p_stop)
+    token = _draw_index(weights, fallback, seeds, positions + stop, sample_slot, final_coins)
 
-    tokens = torch.full((B, G1), PAD_TOKEN_ID, dtype=torch.int64, device=device)
-    if G > 0:
-        keep = steps[:G] < num_accepted[:, None]
-        tokens[:, :G] = torch.where(keep, draft_tokens, PAD_TOKEN_ID)
+    pad = torch.full((B, 1), PAD_TOKEN_ID, dtype=torch.int64, device=device)
+    tokens = torch.where(steps < num_accepted[:, None], torch.cat([draft_tokens, pad], 1), PAD_TOKEN_ID)
     tokens[rows, stop] = token
     if with_entropy:
         entropy = -torch.special.xlogy(p, p).sum(-1)
     else:
         entropy = torch.full((B, G1), float("nan"), device=device)
     return ChainSample(tokens=tokens, num_accepted=num_accepted, entropy=entropy)
+
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
 
 
 def _quantise(weights: torch.Tensor) -> torch.Tensor:
@@ -390,16 +400,18 @@ def _draw_index(
     """Inverse-CDF draw from integer weights [B, V]; rows whose weights are all 0 use ``fallback``.
 
     The all-zero residual happens only by rounding (p == q up to float32), where any draw from p
-    is as good as the residual's.
+    is as good as the residual's. Pass ``fallback`` = ``weights`` for a plain draw (no residual).
+    The token is the count of prefix sums at or below ``floor(u * total)``: a sorted search over
+    the integer CDF, the same index the Triton kernel's tile search finds.
     """
-    total = weights.sum(1)
-    empty = total == 0
-    weights = torch.where(empty[:, None], fallback, weights)
-    total = torch.where(empty, fallback.sum(1), total)
+    cdf = weights.cumsum(1)  # [B, V] int64, exact
+    if fallback is not weights:
+        cdf = torch.where(cdf[:, -1:] == 0, fallback.cumsum(1), cdf)
+    total = cdf[:, -1]
     u = uniform_f64(seeds, positions, slot) if u is None else u.double()
+    # u < 1, but u * total can round up to total in float64: the minimum keeps the draw in range
     threshold = torch.minimum((u * total.double()).to(torch.int64), total - 1)
-    index = (weights.cumsum(1) <= threshold[:, None]).sum(1)
-    return index.clamp(max=weights.shape[1] - 1)
+    return torch.searchsorted(cdf, threshold[:, None], right=True)[:, 0]
 
 
 # ----------------------------------------------------------------------------- Triton launcher

@@ -88,24 +88,26 @@ class LayerCache:
 class PoolCache:
     """One layer's keys and values kept in place in a preallocated pool (the serving engine's).
 
-    ``k``, ``v`` [B, K, M, D] are views of the batch's rows of the pool. The T new tokens' entries
-    are written at ``write_index`` [B, T] of their row, then attention reads the first ``span``
-    entries of every row under the caller's mask: nothing is gathered, concatenated or scattered,
-    and entries past a row's length are never read (rollback is not advancing the length).
+    ``k``, ``v`` [B, K, span, D] are views of the batch's rows of the pool, cut to the entries
+    attention reads. The T new tokens' entries are written at ``write_index`` [B, T] of their row
+    (every index below ``span``), then attention reads the whole view under the caller's mask:
+    nothing is gathered, concatenated or scattered, and entries past a row's length are never read
+    (rollback is not advancing the length). ``rows`` [B, 1] is 0..B-1, the row index of the
+    writes, shared by every layer of a forward.
     """
 
     k: torch.Tensor
     v: torch.Tensor
     write_index: torch.Tensor
-    span: int
+    rows: torch.Tensor
 
     def append(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write k_new, v_new [B, K, T, D]; return the keys and values to attend over, [B, K, span, D]."""
-        B, T = self.write_index.shape
-        rows = torch.arange(B, device=self.k.device)[:, None].expand(B, T)
-        self.k[rows, :, self.write_index] = k_new.transpose(1, 2).to(self.k.dtype)
-        self.v[rows, :, self.write_index] = v_new.transpose(1, 2).to(self.v.dtype)
-        return self.k[:, :, : self.span], self.v[:, :, : self.span]
+        if k_new.dtype != self.k.dtype:
+            k_new, v_new = k_new.to(self.k.dtype), v_new.to(self.v.dtype)
+        self.k[self.rows, :, self.write_index] = k_new.transpose(1, 2)
+        self.v[self.rows, :, self.write_index] = v_new.transpose(1, 2)
+        return self.k, self.v
 
 
 class Attention(nn.Module):

@@ -35,6 +35,9 @@ class SlotPool:
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.max_len = max_len
         self.active = 0
+        self._row_index = torch.arange(slots, device=device)[:, None]  # [S, 1]: PoolCache.rows
+        self._cut_key: tuple | None = None  # (rows.start, rows.stop, span) of the last views()
+        self._cut: tuple = ()
 
     @property
     def capacity(self) -> int:
@@ -62,13 +65,20 @@ class SlotPool:
 
     def views(self, rows: slice, write_index: torch.Tensor, span: int) -> list[PoolCache]:
         """One ``PoolCache`` per layer over the pool rows ``rows`` (B of them): new entries go to
-        ``write_index`` [B, T] of each row, attention reads entries [0, span)."""
+        ``write_index`` [B, T] of each row (every index below ``span``), attention reads entries
+        [0, span)."""
         if span > self.max_len:
             raise RuntimeError(f"KV slot overflow: {span} entries needed, {self.max_len} per slot")
-        return [
-            PoolCache(self.k[layer, rows], self.v[layer, rows], write_index, span)
-            for layer in range(self.k.shape[0])
-        ]
+        # A step's cost on CPU is its count of ops, not their size: the cut of every layer is made
+        # once and kept while the rows and span repeat (a speculative step's MTP forwards). Views
+        # stay valid: the pool's tensors are never replaced, only written in place.
+        key = (rows.start, rows.stop, span)
+        if key != self._cut_key:
+            k, v = self.k[:, rows, :, :span], self.v[:, rows, :, :span]  # [L, B, K, span, D]
+            layers = [(k[layer], v[layer]) for layer in range(k.shape[0])]
+            self._cut_key, self._cut = key, (layers, self._row_index[: k.shape[1]])
+        layers, row_index = self._cut
+        return [PoolCache(k, v, write_index, row_index) for k, v in layers]
 
 
 def prefix_mask(base: torch.Tensor, T: int, span: int) -> torch.Tensor:

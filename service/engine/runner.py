@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ...kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, draw_from_probs, sample_from_probs
-from ...kernels.rng import uniform_table
+from ...kernels.rng import SLOT_ACCEPT, uniform_table
 from ...model import Qwen3Model
 from .kv_pool import SlotPool, prefix_mask
 from .logit_processors import SlotProcessors
@@ -56,6 +56,18 @@ class SeqState:
     params: SamplingParams
     seed: int
     position: int  # t, the absolute position of the pending token
+
+
+@dataclass
+class LawParams:
+    """What ``_laws`` needs of a batch's requests, per row of an [R * T, V] law (``_law_params``)."""
+
+    temperature: torch.Tensor  # [R * T]
+    top_k: torch.Tensor  # [R * T]
+    top_p: torch.Tensor  # [R * T]
+    filter_rows: torch.Tensor  # [F] int64: the rows that use top-k or top-p
+    any_greedy: bool
+    processors: bool  # some row uses logit_bias, penalties, min_p, ...
 
 
 @dataclass
@@ -125,10 +137,11 @@ class ModelRunner:
         self._on_cuda = dev.type == "cuda"
         if not self._on_cuda:  # uniforms of positions rng_base..rng_base+RNG_WINDOW-1 (uniform_table)
             self.rng_base = torch.zeros(S, dtype=torch.int64)
-            self.coin_table = torch.zeros(S, RNG_WINDOW)
-            self.sample_table = torch.zeros(S, RNG_WINDOW, dtype=torch.float64)
-            self.draft_table = torch.zeros(S, RNG_WINDOW, dtype=torch.float64)
-            self._slot_tensors += [self.rng_base, self.coin_table, self.sample_table, self.draft_table]
+            # [S, RNG_WINDOW, 3] float64, the last index a counter-RNG slot (SLOT_ACCEPT, SLOT_SAMPLE,
+            # SLOT_DRAFT = 0, 1, 2): a step reads all its uniforms in one gather. The accept coins
+            # are float32 values, held exactly.
+            self.rng_table = torch.zeros(S, RNG_WINDOW, 3, dtype=torch.float64)
+            self._slot_tensors += [self.rng_base, self.rng_table]
         self._filtered = [False] * S  # host flags: the slot's request uses top-k or top-p
         self.procs = SlotProcessors(S, cfg.vocab_size, dev, cfg.eos_token_id)  # logit_bias, min_p, ...
         self._greedy = [False] * S
@@ -391,18 +404,18 @@ class ModelRunner:
         t = self.position[:B].clone()  # [B]
         seeds = self.seed[:B]
         span = span or int(t.max()) + 2 * G  # see the slack in __init__
-        drafts, draft_laws = self._draft(B, t, span)  # [B, G], [B, G, V]
-
         index = t[:, None] + self._arange[: G + 1]  # [B, G+1]: positions and target entries
+        mask = prefix_mask(t, G + 1, span)  # [B, 1, G+1, span]; its first rows serve the draft too
+        # the counter RNG's own numbers, read from the table (CPU); on CUDA the kernels draw them
+        table = None if self._on_cuda else self._step_uniforms(B, t)  # [B, G+1, 3]
+        drafts, draft_laws = self._draft(B, t, span, index, mask, table)  # [B, G], [B, G, V]
+
         ids = torch.cat([self.pending[:B, None], drafts], 1)
-        out = self.model(ids, index, prefix_mask(t, G + 1, span), self.kv.views(rows, index, span))
+        out = self.model(ids, index, mask, self.kv.views(rows, index, span))
         probs = self._laws(out.logits, rows, t + 1, drafts)  # [B, G+1, V]
         uniforms = {}
-        if not self._on_cuda:  # the counter RNG's own numbers, read from the table
-            coins, finals = (
-                self._uniforms(self.coin_table, B, t, G),
-                self._uniforms(self.sample_table, B, t, G + 1),
-            )
+        if table is not None:
+            coins, finals = table[:, :G, SLOT_ACCEPT].float(), table[:, :, SLOT_SAMPLE]
             uniforms = {"coins": coins, "final_coins": finals, "backend": "torch"}
         q = draft_laws if self.spec == "rejection" else None
         verdict = chain_rejection_sample(probs, q, drafts, seeds, t + 1, validate=False, **uniforms)
@@ -417,12 +430,22 @@ class ModelRunner:
         logprobs = probs.gather(2, emitted[:, :, None])[..., 0].log()
         return tokens, logprobs, verdict.entropy, accepted
 
-    def _draft(self, B: int, t: torch.Tensor, span: int):
+    def _draft(
+        self,
+        B: int,
+        t: torch.Tensor,
+        span: int,
+        index: torch.Tensor,
+        mask: torch.Tensor,
+        table: torch.Tensor | None,
+    ):
         """G draft tokens per row and the laws they were drawn from: [B, G] int64, [B, G, V].
 
         Depth 1 runs the G + 1 pending-pair places of every row (rows with fewer pairs compute
         padding that is never committed nor read) and commits each row's own n_pend entries;
         depth k > 1 appends one temporary entry (for d_{k-1} at position t + k - 1).
+        index [B, G+1] = t..t+G and mask [B, 1, G+1, span] are the verify's (row j sees entries
+        0..t+j), whose first G - 1 serve depths 2..G; table [B, G+1, 3]: the step's uniforms (CPU).
         """
         G, rows, model = self.G, slice(0, B), self.model
         n = self.n_pend[:B]
@@ -438,38 +461,45 @@ class ModelRunner:
             logits_at=n - 1,
         )
         logits, hidden = out.logits[:, 0], out.hidden  # [B, V]: the law of d_1; [B, 1, C]
+        law = self._law_params(rows, 1)  # every depth's law has the same parameters
+        uniforms = None if table is None else table[:, :G, SLOT_DRAFT]  # [B, G]
+        # Depth k + 1 runs d_k at position t + k over MTP entry t + k - 1, which sees entries
+        # 0..t+k-1: the verify's index and mask rows k - 1, made once for every depth
+        entries = index[:, : G - 1]  # [B, G - 1]
+        cos, sin = model.rope(index[:, 1:G])  # [B, 1, G - 1, D]
         drafts, laws = [], []
         for k in range(1, G + 1):
-            law = self._laws(logits[:, None], rows, t + k, torch.stack(drafts, 1) if drafts else None)[:, 0]
-            draft = law.argmax(-1) if self.spec != "rejection" else self._draw(law, rows, t + k, SLOT_DRAFT)
+            drafted = torch.stack(drafts, 1) if drafts and law.processors else None
+            probs = self._laws(logits[:, None], rows, t + k, drafted, law)[:, 0]
+            if self.spec != "rejection":
+                draft = probs.argmax(-1)
+            else:
+                u = None if uniforms is None else uniforms[:, k - 1]
+                draft = self._draw(probs, rows, t + k, SLOT_DRAFT, u)
             drafts.append(draft)
-            laws.append(law)
+            laws.append(probs)
             if k == G:
                 break
-            entry = (t + k - 1)[:, None]  # [B, 1]: d_k sits at position t + k
+            depth = slice(k - 1, k)
             step = model.mtp(
                 model.embed(draft[:, None]),
                 hidden,
-                model.rope(entry + 1),
+                (cos[:, :, depth], sin[:, :, depth]),
                 model.lm_head,
-                prefix_mask(entry[:, 0], 1, span),
-                self.mtp_kv.views(rows, entry, span),
+                mask[:, :, depth],
+                self.mtp_kv.views(rows, entries[:, depth], span),
             )
             logits, hidden = step.logits[:, 0], step.hidden
         return torch.stack(drafts, 1), torch.stack(laws, 1)
 
     # ------------------------------------------------------------------ laws and draws
-    def _laws(
-        self, logits: torch.Tensor, rows: slice, positions: torch.Tensor, drafted: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """[R, T, V] logits of the slots in ``rows`` -> their requests' laws, same shape;
-        positions [R]: the absolute position whose token logits[:, 0] predicts; drafted [R, D]: the
-        draft tokens before these positions in this step's chain (the penalties count them)."""
-        R, T, V = logits.shape
+    def _law_params(self, rows: slice, T: int) -> LawParams:
+        """The sampling parameters of the slots ``rows``, one entry per row of an [R * T, V] law."""
         temperature, top_k, top_p = self.temperature[rows], self.top_k[rows], self.top_p[rows]
         if T > 1:
             temperature = temperature.repeat_interleave(T)
             top_k, top_p = top_k.repeat_interleave(T), top_p.repeat_interleave(T)
+        R = rows.stop - (rows.start or 0)
         filter_rows = self._no_rows
         if any(self._filtered[rows]) and self.cuda_graphs:  # a captured graph has fixed shapes
             filter_rows = torch.arange(R * T, device=self.device)
@@ -477,19 +507,37 @@ class ModelRunner:
             first = rows.start or 0
             flagged = [r - first for r in range(first, rows.stop) if self._filtered[r]]
             filter_rows = torch.tensor([r * T + j for r in flagged for j in range(T)], device=self.device)
-        any_greedy = any(self._greedy[rows])
+        greedy = any(self._greedy[rows])
+        return LawParams(temperature, top_k, top_p, filter_rows, greedy, self.procs.any(rows))
+
+    def _laws(
+        self,
+        logits: torch.Tensor,
+        rows: slice,
+        positions: torch.Tensor,
+        drafted: torch.Tensor | None = None,
+        law: LawParams | None = None,
+    ) -> torch.Tensor:
+        """[R, T, V] logits of the slots in ``rows`` -> their requests' laws, same shape;
+        positions [R]: the absolute position whose token logits[:, 0] predicts; drafted [R, D]: the
+        draft tokens before these positions in this step's chain (the penalties count them);
+        law: ``_law_params(rows, T)`` when the caller already has them (the draft depths share one)."""
+        R, T, V = logits.shape
+        law = law or self._law_params(rows, T)
         flat = logits.reshape(R * T, V).float()
-        if not self.procs.any(rows):
-            return target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy).view(R, T, V)
+        if not law.processors:
+            return target_probs(
+                flat, law.temperature, law.top_k, law.top_p, law.filter_rows, law.any_greedy
+            ).view(R, T, V)
         flat = self.procs.apply_logits(flat, rows, T, positions, drafted)
-        probs = target_probs(flat, temperature, top_k, top_p, filter_rows, any_greedy)
+        probs = target_probs(flat, law.temperature, law.top_k, law.top_p, law.filter_rows, law.any_greedy)
         return self.procs.apply_probs(probs, rows, T).view(R, T, V)
 
     def _refill_rng(self, slots: torch.Tensor, start: torch.Tensor) -> None:
         """Tables of the slots [R] for positions start [R] onwards (CPU path)."""
         coins, sample, draft = uniform_table(self.seed[slots], start, RNG_WINDOW)
         self.rng_base[slots] = start
-        self.coin_table[slots], self.sample_table[slots], self.draft_table[slots] = coins, sample, draft
+        self.rng_table[slots] = torch.stack([coins.double(), sample, draft], -1)
 
     def _refresh_rng(self, B: int) -> None:
         """Before a step reads positions t+1..t+G+1: refill every row that is past half its window
@@ -499,19 +547,29 @@ class ModelRunner:
             rows = (ahead > RNG_WINDOW // 2).nonzero().flatten()
             self._refill_rng(rows, self.position[rows] + 1)
 
-    def _draw(self, probs: torch.Tensor, rows: slice, positions: torch.Tensor, slot: int) -> torch.Tensor:
+    def _draw(
+        self,
+        probs: torch.Tensor,
+        rows: slice,
+        positions: torch.Tensor,
+        slot: int,
+        uniforms: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """One token per row of probs [R, V] (the slots ``rows``) at (seed, position, slot), [R] int64:
-        the Triton kernel on CUDA, the twin's draw with the table's uniform on CPU (same tokens)."""
+        the Triton kernel on CUDA, the twin's draw with the table's uniform on CPU (same tokens).
+        uniforms [R]: those of (seed, position, slot), when the caller read them already (CPU)."""
         if self._on_cuda:
             return sample_from_probs(probs, self.seed[rows], positions, slot=slot, validate=False)
-        table = self.sample_table if slot == SLOT_SAMPLE else self.draft_table
-        offsets = positions - self.rng_base[rows]
-        return draw_from_probs(probs, table[rows].gather(1, offsets[:, None])[:, 0])
+        if uniforms is None:
+            offsets = positions - self.rng_base[rows]
+            uniforms = self.rng_table[rows, :, slot].gather(1, offsets[:, None])[:, 0]
+        return draw_from_probs(probs, uniforms)
 
-    def _uniforms(self, table: torch.Tensor, B: int, t: torch.Tensor, count: int) -> torch.Tensor:
-        """[B, count] uniforms of positions t+1..t+count of rows 0..B-1 from a table."""
-        offsets = (t + 1 - self.rng_base[:B])[:, None] + self._arange[:count]
-        return table[:B].gather(1, offsets)
+    def _step_uniforms(self, B: int, t: torch.Tensor) -> torch.Tensor:
+        """[B, G + 1, 3] float64: every uniform of positions t+1..t+G+1 of rows 0..B-1, by slot
+        (the last index), in one gather from the table."""
+        offsets = (t + 1 - self.rng_base[:B])[:, None] + self._arange[: self.G + 1]  # [B, G + 1]
+        return self.rng_table[:B].gather(1, offsets[:, :, None].expand(B, self.G + 1, 3))
 
 
 def _entropy(probs: torch.Tensor) -> torch.Tensor:

@@ -263,8 +263,11 @@ def target_probs(
     top_p = 1 never drops a token (a float32 cumsum can reach 1.0 before the tail).
     """
     V = logits.shape[1]
-    greedy = temperature < GREEDY_TEMPERATURE
-    scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
+    if any_greedy is False:  # the same quotient as below, two ops fewer (the engine's usual case)
+        greedy, scaled = None, logits / temperature[:, None]
+    else:
+        greedy = temperature < GREEDY_TEMPERATURE
+        scaled = logits / torch.where(greedy, 1.0, temperature)[:, None]
     if filter_rows is None:
         filter_rows = (((top_k > 0) & (top_k < V)) | (top_p < 1)).nonzero().flatten()
     if len(filter_rows):
@@ -272,7 +275,7 @@ def target_probs(
         drop = _filtered_out(rows, top_k[filter_rows], top_p[filter_rows])
         scaled = scaled.index_put((filter_rows,), rows.masked_fill(drop, float("-inf")))
     probs = torch.softmax(scaled, -1)
-    if any_greedy is False:
+    if greedy is None:
         return probs
     one_hot = torch.nn.functional.one_hot(logits.argmax(-1), V).to(probs.dtype)
     return torch.where(greedy[:, None], one_hot, probs)
