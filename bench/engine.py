@@ -1,7 +1,7 @@
 """``bebop bench engine``: decoding throughput of the embedded engine by speculation mode.
 
-Each configuration decodes the same 16 held-out story and arithmetic prompts (to EOS or
-``new_tokens``) with the same seeds through ``ModelRunner`` (the engine's execution path, without
+Each configuration decodes the same held-out story and arithmetic prompts (64 by default, to EOS
+or ``new_tokens``) with the same seeds through ``ModelRunner`` (the engine's execution path, without
 HTTP), ``batch`` at a time, and reports generated tokens per second of wall time, the accept
 length (tokens per verify step) and the draft acceptance rate. In the same run, Hugging Face
 ``transformers`` ``generate`` on the same checkpoint (plain sampling, and assisted generation by
@@ -25,7 +25,6 @@ from typing import Any
 import torch
 
 from ..model import load_model
-from ..service.engine.kv_pool import prefix_mask
 from ..service.engine.runner import ModelRunner, default_device
 from ..service.engine.sampling import SamplingParams
 from ..service.engine.scheduler import prefill_groups
@@ -178,14 +177,14 @@ def component_times(
         index = t[:, None] + runner._arange[:T]
         ids = torch.zeros(batch, T, dtype=torch.int64, device=dev)
         span = context + T
-        return lambda: model(ids, index, prefix_mask(t, T, span), runner.kv.views(rows, index, span))
+        return lambda: model(ids, index, runner._mask(t, T, span), runner.kv.views(rows, index, span))
 
     def mtp_step():
         index = (t - 1)[:, None]
         ids = torch.zeros(batch, 1, dtype=torch.int64, device=dev)
         hidden = torch.zeros(batch, 1, C, dtype=runner.pend_hidden.dtype, device=dev)
         span = context + 1
-        mask, caches = prefix_mask(t - 1, 1, span), runner.mtp_kv.views(rows, index, span)
+        mask, caches = runner._mask(t - 1, 1, span), runner.mtp_kv.views(rows, index, span)
         return lambda: model.mtp(model.embed(ids), hidden, model.rope(index + 1), model.lm_head, mask, caches)
 
     with torch.no_grad():
@@ -223,28 +222,50 @@ def run_engine_bench(
     with_hf: bool = True,
     device: str | torch.device | None = None,
     cuda_graphs: bool | None = None,
+    prompts: int = 64,
+    rounds: int = 3,
 ) -> dict:
+    """Every (batch, temperature, spec) on ``prompts`` held-out prompts, ``rounds`` times.
+
+    The spec modes alternate within a round and a speedup is the ratio of two runs of one round,
+    so slow spells of a shared machine hit both sides; rows report the median tokens/s and the
+    speedups the median of the per-round ratios. The transformers peer runs once per (batch,
+    temperature). With more prompts than ``batch``, finished rows are refilled and the batch stays
+    full, as in an RL rollout phase; with as many prompts as rows, one wave decodes and its
+    longest row (the one that accepts least) sets the time.
+    """
     device = torch.device(device) if device is not None else default_device()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(model_dir).to(device)
-    prompts = workload(model_dir)
-    rows, components = [], {}
+    work = workload(model_dir, prompts)
+    rows, components, ratios = [], {}, {}
     for batch in batches:
         components[f"b{batch}"] = component_times(model, batch, draft_steps, device=device)
         for temperature in temperatures:
+            config = (batch, temperature)
+            for spec in SPECS:  # warm-up
+                run_config(model, spec, work[:2], *config, 8, draft_steps, device, cuda_graphs)
+            runs: dict[str, list[dict]] = {spec: [] for spec in SPECS}
+            for _ in range(rounds):
+                for spec in SPECS:
+                    run = run_config(model, spec, work, *config, new_tokens, draft_steps, device, cuda_graphs)
+                    runs[spec].append(run)
             for spec in SPECS:
-                config = (batch, temperature)
-                run_config(model, spec, prompts[:2], *config, 8, draft_steps, device, cuda_graphs)  # warm-up
+                rates = [r["tokens_per_s"] for r in runs[spec]]
                 rows.append(
-                    run_config(model, spec, prompts, *config, new_tokens, draft_steps, device, cuda_graphs)
+                    {**runs[spec][0], "tokens_per_s": statistics.median(rates), "tokens_per_s_runs": rates}
                 )
+            ratios[config] = statistics.median(
+                r["tokens_per_s"] / n["tokens_per_s"]
+                for r, n in zip(runs["rejection"], runs["none"], strict=True)
+            )
             if with_hf:
                 for assisted in (False, True):
                     run_hf(
-                        model_dir, prompts[:batch], batch, temperature, 8, assisted, draft_steps, device
+                        model_dir, work[:batch], batch, temperature, 8, assisted, draft_steps, device
                     )  # warm-up
                     row = run_hf(
-                        model_dir, prompts, batch, temperature, new_tokens, assisted, draft_steps, device
+                        model_dir, work, batch, temperature, new_tokens, assisted, draft_steps, device
                     )
                     if row is not None:
                         rows.append(row)
@@ -256,7 +277,7 @@ def run_engine_bench(
     if 1.0 in temperatures:
         for b in batches:
             key, c = f"b{b}", components[f"b{b}"]
-            speedup[key] = row_of("rejection", b)["tokens_per_s"] / row_of("none", b)["tokens_per_s"]
+            speedup[key] = ratios[(b, 1.0)]
             accept_length = row_of("rejection", b)["accept_length"]
             ceiling[key] = accept_length * c["decode_ms"] / (c["verify_ms"] + draft_steps * c["mtp_ms"])
             efficiency[key] = speedup[key] / ceiling[key]
@@ -266,6 +287,8 @@ def run_engine_bench(
         "cuda_graphs": device.type == "cuda" and cuda_graphs is not False,
         "new_tokens": new_tokens,
         "draft_steps": draft_steps,
+        "prompts": prompts,
+        "rounds": rounds,
         "rows": rows,
         "components": components,
         "speedup": speedup,

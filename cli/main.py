@@ -109,6 +109,8 @@ def _bench_engine(args: argparse.Namespace) -> int:
         args.draft_steps,
         with_hf=not args.no_hf,
         device=None if args.device == "auto" else args.device,
+        prompts=args.prompts,
+        rounds=args.rounds,
     )
     if args.json:
         print(json.dumps(report, indent=2))
@@ -381,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     engine_bench.add_argument("--temperature", type=float, nargs="+", default=[1.0, 0.6])
     engine_bench.add_argument("--new-tokens", type=int, default=96)
     engine_bench.add_argument("--draft-steps", type=int, default=3)
+    engine_bench.add_argument("--prompts", type=int, default=64, help="held-out prompts per run (refilled)")
+    engine_bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
     engine_bench.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
     engine_bench.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when available)")
     engine_bench.add_argument("--json", action="store_true")

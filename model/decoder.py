@@ -130,8 +130,9 @@ class Attention(nn.Module):
         mask: torch.Tensor | None,
         past: LayerCache | PoolCache | None = None,
     ) -> tuple[torch.Tensor, LayerCache | PoolCache]:
-        """x [B, T, C]; mask [B, 1, T, P + T] bool (True = may attend) or None for causal; with a
-        ``PoolCache`` the mask is [B, 1, T, span] over the pool's entries.
+        """x [B, T, C]; mask [B, 1, T, P + T], bool (True = may attend) or additive (0 or -inf, in
+        x's dtype), or None for causal; with a ``PoolCache`` the mask is [B, 1, T, span] over the
+        pool's entries.
 
         Returns the output [B, T, C] and this layer's keys/values for all P + T tokens (the pool
         itself for a ``PoolCache``).

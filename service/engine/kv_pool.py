@@ -81,8 +81,12 @@ class SlotPool:
         return [PoolCache(k, v, write_index, row_index) for k, v in layers]
 
 
-def prefix_mask(base: torch.Tensor, T: int, span: int) -> torch.Tensor:
-    """[B, 1, T, span] bool: the new token t of row b (written at entry base[b] + t) sees entries
-    0..base[b] + t: the row's own past and the new tokens up to itself."""
+def prefix_mask(base: torch.Tensor, T: int, span: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[B, 1, T, span] additive attention mask of ``dtype`` (0: may attend, -inf: may not): the new
+    token t of row b (written at entry base[b] + t) sees entries 0..base[b] + t, the row's own past
+    and the new tokens up to itself. Additive rather than bool because attention converts a bool
+    mask in every layer, and the result is the same bit for bit."""
     limit = base[:, None] + torch.arange(T, device=base.device)[None]  # [B, T]
-    return (torch.arange(span, device=base.device)[None, None] <= limit[:, :, None])[:, None]
+    hidden = torch.arange(span, device=base.device)[None, None] > limit[:, :, None]  # [B, T, span]
+    mask = torch.zeros(hidden.shape, dtype=dtype, device=base.device).masked_fill_(hidden, float("-inf"))
+    return mask[:, None]

@@ -290,7 +290,7 @@ class ModelRunner:
         ids = torch.tensor([p + [p[-1]] * (n - len(p)) for p in prompts], device=dev)  # [R, n], padded
         index = self._arange[:n].expand(R, n)  # positions, and the entries they are written to
         start = self._arange[:R] * 0
-        out = self.model(ids, index, prefix_mask(start, n, n), self.kv.views(rows, index, n), logits_at=last)
+        out = self.model(ids, index, self._mask(start, n, n), self.kv.views(rows, index, n), logits_at=last)
         probs = self._laws(out.logits, rows, lens)[:, 0]  # [R, V]
         if resume_tokens is not None:
             tokens = torch.tensor(resume_tokens, device=dev)
@@ -306,7 +306,7 @@ class ModelRunner:
                     out.hidden[:, :-1],
                     model.rope(index[:, 1:]),
                     model.lm_head,
-                    prefix_mask(start, n - 1, n - 1),
+                    self._mask(start, n - 1, n - 1),
                     self.mtp_kv.views(rows, index[:, : n - 1], n - 1),
                     logits_at=start,  # the entries are what is needed, not the logits
                 )
@@ -388,7 +388,7 @@ class ModelRunner:
         t = self.position[:B].clone()  # [B]
         span = span or int(t.max()) + 1
         out = self.model(
-            self.pending[:B, None], t[:, None], prefix_mask(t, 1, span), self.kv.views(rows, t[:, None], span)
+            self.pending[:B, None], t[:, None], self._mask(t, 1, span), self.kv.views(rows, t[:, None], span)
         )
         probs = self._laws(out.logits, rows, t + 1)  # [B, 1, V]
         token = self._draw(probs[:, 0], rows, t + 1, SLOT_SAMPLE)
@@ -405,7 +405,7 @@ class ModelRunner:
         seeds = self.seed[:B]
         span = span or int(t.max()) + 2 * G  # see the slack in __init__
         index = t[:, None] + self._arange[: G + 1]  # [B, G+1]: positions and target entries
-        mask = prefix_mask(t, G + 1, span)  # [B, 1, G+1, span]; its first rows serve the draft too
+        mask = self._mask(t, G + 1, span)  # [B, 1, G+1, span]; its first rows serve the draft too
         # the counter RNG's own numbers, read from the table (CPU); on CUDA the kernels draw them
         table = None if self._on_cuda else self._step_uniforms(B, t)  # [B, G+1, 3]
         drafts, draft_laws = self._draft(B, t, span, index, mask, table)  # [B, G], [B, G, V]
@@ -456,7 +456,7 @@ class ModelRunner:
             self.pend_hidden[:B],
             model.rope(positions),
             model.lm_head,
-            prefix_mask(base, G + 1, span),
+            self._mask(base, G + 1, span),
             self.mtp_kv.views(rows, positions - 1, span),
             logits_at=n - 1,
         )
@@ -491,6 +491,10 @@ class ModelRunner:
             )
             logits, hidden = step.logits[:, 0], step.hidden
         return torch.stack(drafts, 1), torch.stack(laws, 1)
+
+    def _mask(self, base: torch.Tensor, T: int, span: int) -> torch.Tensor:
+        """``prefix_mask`` in the model's dtype: [B, 1, T, span]."""
+        return prefix_mask(base, T, span, self.kv.k.dtype)
 
     # ------------------------------------------------------------------ laws and draws
     def _law_params(self, rows: slice, T: int) -> LawParams:

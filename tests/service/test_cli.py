@@ -1,6 +1,7 @@
 """The ``bebop`` command as a user runs it: a real subprocess of the installed console script."""
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,29 @@ def test_bench_kernels_json_reports_every_batch_and_the_tv_loss():
     for row in report["chain_rejection_sample"]:
         assert row["bebop_ms"] > 0 and row["bebop_no_entropy_ms"] > 0
     assert report["tv_loss"]["n"] == 16 and report["tv_loss"]["fused_ms"] > 0
+
+
+def test_bench_engine_json_reports_interleaved_rounds_and_the_ceiling():
+    cmd = [str(BEBOP), "bench", "engine", "--batch", "2", "--temperature", "1.0", "--new-tokens", "8"]
+    out = subprocess.run(
+        [*cmd, "--prompts", "4", "--rounds", "2", "--no-hf", "--device", "cpu", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    assert report["prompts"] == 4 and report["rounds"] == 2
+    runs = {row["spec"]: row for row in report["rows"]}
+    assert set(runs) == {"none", "target_only", "rejection"}
+    rates = {spec: row["tokens_per_s_runs"] for spec, row in runs.items()}
+    for spec, row in runs.items():
+        assert len(rates[spec]) == 2 and row["tokens_per_s"] == statistics.median(rates[spec])
+    # the speedup is the median of the per-round ratios, not a ratio of medians
+    ratios = [r / n for r, n in zip(rates["rejection"], rates["none"], strict=True)]
+    assert report["speedup"]["b2"] == statistics.median(ratios)
+    assert report["efficiency"]["b2"] == report["speedup"]["b2"] / report["ceiling"]["b2"]
+    assert runs["rejection"]["accept_length"] > 1 and runs["none"]["accept_length"] == 1
 
 
 def test_unknown_command_is_a_usage_error():

@@ -46,7 +46,10 @@ def test_views_write_in_place_and_read_the_span():
 
 
 def test_prefix_mask_sees_the_past_and_the_new_tokens_up_to_itself():
-    mask = prefix_mask(torch.tensor([2, 0]), T=2, span=4)  # [B, 1, T, span]
-    assert mask.shape == (2, 1, 2, 4)
-    assert mask[0, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
-    assert mask[1, 0].tolist() == [[True, False, False, False], [True, True, False, False]]
+    mask = prefix_mask(torch.tensor([2, 0]), T=2, span=4)  # [B, 1, T, span], additive
+    assert mask.shape == (2, 1, 2, 4) and mask.dtype == torch.float32
+    seen = mask == 0
+    assert seen[0, 0].tolist() == [[True, True, True, False], [True, True, True, True]]
+    assert seen[1, 0].tolist() == [[True, False, False, False], [True, True, False, False]]
+    assert bool(mask[~seen].eq(float("-inf")).all())
+    assert prefix_mask(torch.tensor([0]), T=1, span=2, dtype=torch.bfloat16).dtype == torch.bfloat16
