@@ -32,12 +32,13 @@ Exactness across backends, by construction. The coins are Philox uniforms keyed 
 multiply on every backend. The residual draw never sums floats: each weight is quantised to a
 fixed-point integer ``floor(r * 2**40)`` (exact: a power-of-two scale and a truncation), so block
 sums, prefix sums and the inverse-CDF search are integer operations whose result does not depend
-on summation order or on the backend. The threshold ``floor(U * total)`` uses one float64
-multiply of a 53-bit uniform. A caller that owns its randomness (SGLang's verify, which derives
-its coins from ``sampling_seed``) passes ``coins`` and ``final_coins`` instead: they replace the
-Philox draws one for one (``seeds`` and ``positions`` are then unused), and the rest is unchanged.
-The quantisation drops at most 2**-40 of probability per token (at most V * 2**-40 ~ 1.4e-7 in
-all for V = 151936), below float32 rounding of the inputs.
+on summation order or on the backend (the torch twin holds those integers in float64, where every
+partial sum of a law, below 2**53, is exact; the Triton kernels in int64). The threshold
+``floor(U * total)`` uses one float64 multiply of a 53-bit uniform. A caller that owns its
+randomness (SGLang's verify, which derives its coins from ``sampling_seed``) passes ``coins`` and
+``final_coins`` instead: they replace the Philox draws one for one (``seeds`` and ``positions``
+are then unused), and the rest is unchanged. The quantisation drops at most 2**-40 of probability
+per token (at most V * 2**-40 ~ 1.4e-7 in all for V = 151936), below float32 rounding of the inputs.
 
 GPU layout. Phase A runs a (B, ceil(V / BLOCK_V)) grid: each program decides the row's accepted
 count (G scalar gathers, repeated per program because it is cheaper than a launch), then reads its
@@ -176,8 +177,7 @@ def sample_from_probs(
         return out.tokens[:, 0]
     # The G = 0 chain reduces to this draw (the residual is p itself); calling it directly skips
     # the chain's bookkeeping, which dominates at the engine's small batch sizes.
-    weights = _quantise(probs.float())
-    return _draw_index(weights, weights, seeds, positions, slot)
+    return _draw_index(_quantise(probs.float()), None, seeds, positions, slot)
 
 
 def draw_from_probs(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
@@ -187,8 +187,7 @@ def draw_from_probs(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor
     For callers that batch their counter-RNG calls (the engine makes all of a step's uniforms in
     one call); torch ops only, so it runs on any device. No input checks.
     """
-    weights = _quantise(probs.float())
-    return _draw_index(weights, weights, None, None, SLOT_SAMPLE, u=uniforms)
+    return _draw_index(_quantise(probs.float()), None, None, None, SLOT_SAMPLE, u=uniforms)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -366,15 +365,14 @@ def chain_rejection_sample_torch(
         residual = p_stop
     if final_coins is not None and final_coins.ndim == 2:  # one uniform per possible stop position
         final_coins = final_coins[rows, stop]
-    weights = _quantise(residual)
-    fallback = weights if residual is p_stop else _quantise(p_stop)
-    token = _draw_index(weights, fallback, seeds, positions + stop, sample_slot, final_coins)
+    fallback = None if residual is p_stop else p_stop
+    token = _draw_index(_quantise(residual), fallback, seeds, positions + stop, sample_slot, final_coins)
 
     pad = torch.full((B, 1), PAD_TOKEN_ID, dtype=torch.int64, device=device)
     tokens = torch.where(steps < num_accepted[:, None], torch.cat([draft_tokens, pad], 1), PAD_TOKEN_ID)
     tokens[rows, stop] = token
     if with_entropy:
-        entropy = -torch.special.xlogy(p, p).sum(-1)
+        entropy = entropy_nats(p)
     else:
         entropy = torch.full((B, G1), float("nan"), device=device)
     return ChainSample(tokens=tokens, num_accepted=num_accepted, entropy=entropy)
@@ -384,33 +382,46 @@ def _float(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
+def entropy_nats(probs: torch.Tensor) -> torch.Tensor:
+    """-sum p log p over the last dimension, in nats (0 log 0 = 0): [..., V] -> [...]."""
+    # p * log p, and 0 where that is 0 * -inf: half the time of torch.special.xlogy on CPU
+    return -(probs * probs.log()).nan_to_num_(0.0).sum(-1)
+
+
 def _quantise(weights: torch.Tensor) -> torch.Tensor:
-    """Float32 weights in [0, ~1] -> fixed-point int64 ``floor(w * 2**40)`` (exact)."""
-    return (weights * WEIGHT_SCALE).to(torch.int64)
+    """Float32 weights in [0, ~1] -> the fixed-point integers ``floor(w * 2**40)``, as float32.
+
+    Exact: the scale is a power of two and the floor drops only a fraction. They stay floats
+    because a float -> int64 conversion has no vector instruction on most CPUs.
+    """
+    return (weights * WEIGHT_SCALE).floor_()
 
 
 def _draw_index(
     weights: torch.Tensor,
-    fallback: torch.Tensor,
+    fallback: torch.Tensor | None,
     seeds: torch.Tensor,
     positions: torch.Tensor,
     slot: int,
     u: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Inverse-CDF draw from integer weights [B, V]; rows whose weights are all 0 use ``fallback``.
+    """Inverse-CDF draw from quantised weights [B, V] (``_quantise``) -> [B] int64.
 
-    The all-zero residual happens only by rounding (p == q up to float32), where any draw from p
-    is as good as the residual's. Pass ``fallback`` = ``weights`` for a plain draw (no residual).
-    The token is the count of prefix sums at or below ``floor(u * total)``: a sorted search over
-    the integer CDF, the same index the Triton kernel's tile search finds.
+    ``fallback`` [B, V] float32: the law whose quantised weights replace a row's that are all 0
+    (a residual p - q that is 0 only by rounding, p == q up to float32, where any draw from p is as
+    good as the residual's); None for a plain draw. The token is the count of prefix sums at or
+    below ``floor(u * total)``: the index the Triton kernel's tile search finds. The prefix sums
+    are float64 and exact: integers whose sums stay below 2**53 (a law's weights add up to about
+    2**40).
     """
-    cdf = weights.cumsum(1)  # [B, V] int64, exact
-    if fallback is not weights:
-        cdf = torch.where(cdf[:, -1:] == 0, fallback.cumsum(1), cdf)
+    cdf = weights.cumsum(1, dtype=torch.float64)  # [B, V]
+    empty = cdf[:, -1:] == 0  # [B, 1]
+    if fallback is not None and bool(empty.any()):  # rare: look before computing a second CDF
+        cdf = torch.where(empty, _quantise(fallback).cumsum(1, dtype=torch.float64), cdf)
     total = cdf[:, -1]
     u = uniform_f64(seeds, positions, slot) if u is None else u.double()
     # u < 1, but u * total can round up to total in float64: the minimum keeps the draw in range
-    threshold = torch.minimum((u * total.double()).to(torch.int64), total - 1)
+    threshold = torch.minimum((u * total).floor_(), total - 1)
     return torch.searchsorted(cdf, threshold[:, None], right=True)[:, 0]
 
 

@@ -47,12 +47,17 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """x [..., D] normed over D; ``weight`` (default: this norm's [D]) may be any shape that
+        broadcasts against x, e.g. [N, D] for N heads or inputs with weights of their own."""
+        weight = self.weight if weight is None else weight
         # One fused op (the same float32 maths as Hugging Face's Qwen3RMSNorm): the engine runs
         # tiny batches on CPU, where the count of ops, not their size, sets the step time.
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+        if x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.ndim == 1:
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
+        if x.dtype == torch.float32:  # rms_norm(x) * w is rms_norm(x, w), bit for bit
+            return F.rms_norm(x, (x.shape[-1],), eps=self.eps) * weight
+        return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
 
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,11 +143,18 @@ class Attention(nn.Module):
         itself for a ``PoolCache``).
         """
         B, T, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(B, T, self.n_head, self.head_dim)).transpose(1, 2)  # [B, H, T, D]
-        k = self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)).transpose(1, 2)  # [B, K, T, D]
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # [B, K, T, D]
+        H, K, D = self.n_head, self.n_kv, self.head_dim
+        q = self.q_proj(x).view(B, T, H, D)
+        k = self.k_proj(x).view(B, T, K, D)
+        v = self.v_proj(x).view(B, T, K, D).transpose(1, 2)  # [B, K, T, D]
+        # q and k heads normed and rotated as one tensor: half the norm and RoPE calls, the same
+        # values (each head is normed on its own, and rms_norm(x) * w is rms_norm(x, w) bit for bit)
+        qk = torch.cat([q, k], 2)  # [B, T, H + K, D]
+        scale = torch.cat([self.q_norm.weight.expand(H, D), self.k_norm.weight.expand(K, D)])  # [H + K, D]
+        qk = self.q_norm(qk, scale).transpose(1, 2)  # [B, H + K, T, D]
         cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qk = apply_rope(qk, cos, sin)
+        q, k = qk[:, :H], qk[:, H:]
         if isinstance(past, PoolCache):
             k, v = past.append(k, v)  # [B, K, span, D]
             cache: LayerCache | PoolCache = past

@@ -56,9 +56,10 @@ class MTPHead(nn.Module):
         then has T = 1); None for all T. A serving engine commits several MTP entries per row but
         drafts from the last one only, so the norm and lm_head run on one position per row.
         """
-        x = self.fc(
-            torch.cat([self.pre_fc_norm_embedding(token_embeds), self.pre_fc_norm_hidden(hidden)], -1)
-        )
+        # both inputs normed in one call, each with its own weight: [B, T, 2, C] -> [B, T, 2C]
+        pair = torch.stack([token_embeds, hidden], -2)
+        scale = torch.stack([self.pre_fc_norm_embedding.weight, self.pre_fc_norm_hidden.weight])  # [2, C]
+        x = self.fc(self.pre_fc_norm_embedding(pair, scale).flatten(-2))
         caches = []
         for i, layer in enumerate(self.layers):
             x, cache = layer(x, rope, mask, past[i] if past is not None else None)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from ...kernels import SLOT_DRAFT, SLOT_SAMPLE, chain_rejection_sample, draw_from_probs, sample_from_probs
+from ...kernels.rejection import entropy_nats
 from ...kernels.rng import SLOT_ACCEPT, uniform_table
 from ...model import Qwen3Model
 from .kv_pool import SlotPool, prefix_mask
@@ -62,7 +63,7 @@ class SeqState:
 class LawParams:
     """What ``_laws`` needs of a batch's requests, per row of an [R * T, V] law (``_law_params``)."""
 
-    temperature: torch.Tensor  # [R * T]
+    temperature: torch.Tensor | None  # [R * T]; None: every row at temperature 1
     top_k: torch.Tensor  # [R * T]
     top_p: torch.Tensor  # [R * T]
     filter_rows: torch.Tensor  # [F] int64: the rows that use top-k or top-p
@@ -145,6 +146,7 @@ class ModelRunner:
         self._filtered = [False] * S  # host flags: the slot's request uses top-k or top-p
         self.procs = SlotProcessors(S, cfg.vocab_size, dev, cfg.eos_token_id)  # logit_bias, min_p, ...
         self._greedy = [False] * S
+        self._unit_temperature = [True] * S  # host flags: the slot's request samples at temperature 1
         self._owner: list[SeqState | None] = [None] * S
         self._arange = torch.arange(max(entries, S), device=dev)
         self._no_rows = torch.zeros(0, dtype=torch.int64, device=dev)
@@ -180,6 +182,7 @@ class ModelRunner:
             for t in self._slot_tensors:
                 t[slot] = t[moved]
             self._filtered[slot], self._greedy[slot] = self._filtered[moved], self._greedy[moved]
+            self._unit_temperature[slot] = self._unit_temperature[moved]
             self.procs.move(slot, moved)
             owner = self._owner[moved]
             assert owner is not None
@@ -190,6 +193,7 @@ class ModelRunner:
             self.procs.move(slot, None)
         self._owner[self.kv.active] = None
         self._filtered[self.kv.active] = self._greedy[self.kv.active] = False  # a free row is plain
+        self._unit_temperature[self.kv.active] = True
 
     @torch.no_grad()
     def prefill(
@@ -256,7 +260,7 @@ class ModelRunner:
             return [(s, StepOutput(tokens=[], logprobs=[], entropies=[])) for s in states]
         logprobs = probs.gather(1, tokens[:, None]).log()  # [R, 1]
         return list(
-            zip(states, _outputs(tokens[:, None], logprobs, _entropy(probs)[:, None], 0), strict=True)
+            zip(states, _outputs(tokens[:, None], logprobs, entropy_nats(probs)[:, None], 0), strict=True)
         )
 
     def _prefill(
@@ -283,6 +287,7 @@ class ModelRunner:
         for i, state in enumerate(states):
             slot, prm = state.slot, state.params
             self._greedy[slot] = prm.temperature < GREEDY_TEMPERATURE
+            self._unit_temperature[slot] = prm.temperature == 1.0
             self._filtered[slot] = 0 < prm.top_k < self.vocab_size or prm.top_p < 1
             self.procs.admit(slot, prm, lengths[i], None if histories is None else histories[i])
         if not self._on_cuda:
@@ -394,7 +399,7 @@ class ModelRunner:
         token = self._draw(probs[:, 0], rows, t + 1, SLOT_SAMPLE)
         self.position[:B] = t + 1
         self.pending[:B] = token
-        return token[:, None], probs.gather(2, token[:, None, None])[..., 0].log(), _entropy(probs), None
+        return token[:, None], probs.gather(2, token[:, None, None])[..., 0].log(), entropy_nats(probs), None
 
     def _spec_step(self, B: int, span: int | None = None):
         """Draft G tokens per row, verify them in one target forward, accept by chain rejection
@@ -499,11 +504,16 @@ class ModelRunner:
     # ------------------------------------------------------------------ laws and draws
     def _law_params(self, rows: slice, T: int) -> LawParams:
         """The sampling parameters of the slots ``rows``, one entry per row of an [R * T, V] law."""
-        temperature, top_k, top_p = self.temperature[rows], self.top_k[rows], self.top_p[rows]
-        if T > 1:
-            temperature = temperature.repeat_interleave(T)
-            top_k, top_p = top_k.repeat_interleave(T), top_p.repeat_interleave(T)
         R = rows.stop - (rows.start or 0)
+
+        def per_law_row(values: torch.Tensor) -> torch.Tensor:  # [R] -> [R * T]
+            return values if T == 1 else values[:, None].expand(R, T).reshape(R * T)
+
+        # Temperature 1 everywhere (RL's usual case): the division would return the logits unchanged
+        # and is skipped. A captured CUDA graph keeps it, so that one graph serves any temperature.
+        unit = not self.cuda_graphs and all(self._unit_temperature[rows])
+        temperature = None if unit else per_law_row(self.temperature[rows])
+        top_k, top_p = per_law_row(self.top_k[rows]), per_law_row(self.top_p[rows])
         filter_rows = self._no_rows
         if any(self._filtered[rows]) and self.cuda_graphs:  # a captured graph has fixed shapes
             filter_rows = torch.arange(R * T, device=self.device)
@@ -574,11 +584,6 @@ class ModelRunner:
         (the last index), in one gather from the table."""
         offsets = (t + 1 - self.rng_base[:B])[:, None] + self._arange[: self.G + 1]  # [B, G + 1]
         return self.rng_table[:B].gather(1, offsets[:, :, None].expand(B, self.G + 1, 3))
-
-
-def _entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Entropy in nats over the last dimension."""
-    return -torch.special.xlogy(probs, probs).sum(-1)
 
 
 def _outputs(

@@ -242,7 +242,7 @@ GREEDY_TEMPERATURE = 1e-5
 
 def target_probs(
     logits: torch.Tensor,
-    temperature: torch.Tensor,
+    temperature: torch.Tensor | None,
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     filter_rows: torch.Tensor | None = None,
@@ -251,7 +251,8 @@ def target_probs(
     """Laws to sample from, one per row: temperature, then top-k, then top-p (SGLang's order).
 
     logits [N, V] float32; temperature [N] (below ``GREEDY_TEMPERATURE``: greedy, a one-hot
-    argmax); top_k [N] int (<= 0 or >= V: off); top_p [N] in (0, 1] (1: off).
+    argmax), or None for temperature 1 in every row; top_k [N] int (<= 0 or >= V: off); top_p [N]
+    in (0, 1] (1: off).
     filter_rows: [F] int64 indices of the rows that use top-k or top-p, when the caller knows them
     (the others skip the sort); None finds them here.
     any_greedy: whether any row is greedy, when the caller knows (False skips the argmax).
@@ -263,7 +264,9 @@ def target_probs(
     top_p = 1 never drops a token (a float32 cumsum can reach 1.0 before the tail).
     """
     V = logits.shape[1]
-    if any_greedy is False:  # the same quotient as below, two ops fewer (the engine's usual case)
+    if temperature is None:  # every row at temperature 1: logits / 1 would be the logits, bit for bit
+        greedy, scaled = None, logits
+    elif any_greedy is False:  # the same quotient as below, two ops fewer (the engine's usual case)
         greedy, scaled = None, logits / temperature[:, None]
     else:
         greedy = temperature < GREEDY_TEMPERATURE
