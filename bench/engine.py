@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +54,11 @@ def run_config(
     draft_steps: int,
     device: torch.device | None = None,
     cuda_graphs: bool | None = None,
+    first_seed: int = 0,
 ) -> dict:
     """Decode every prompt to EOS or ``new_tokens``, ``batch`` at a time (a finished row's place is
-    refilled at once, as in the scheduler); tokens/s over the whole workload."""
+    refilled at once, as in the scheduler); tokens/s over the whole workload, and the raw counts.
+    Prompt i decodes with seed first_seed + i."""
     max_len = max(len(p) for p in prompts) + new_tokens + 8
     runner = ModelRunner(model, batch, max_len, spec, draft_steps, device=device, cuda_graphs=cuda_graphs)
     params = SamplingParams(temperature=temperature, max_new_tokens=new_tokens)
@@ -70,7 +73,8 @@ def run_config(
             admitted.append(todo.pop(0))
         # as the scheduler admits: prompts of similar lengths prefilled together, one forward a group
         for group in prefill_groups(admitted, length=lambda item: len(item[1])):
-            pairs = runner.prefill_group([p for _, p in group], [params] * len(group), [i for i, _ in group])
+            seeds = [first_seed + i for i, _ in group]
+            pairs = runner.prefill_group([p for _, p in group], [params] * len(group), seeds)
             for state, out in pairs:
                 running.append([state, len(out.tokens), out.tokens[-1] == eos])
                 tokens += 1
@@ -101,7 +105,59 @@ def run_config(
         "tokens_per_s": tokens / elapsed,
         "accept_length": verify_tokens / verify_steps if verify_steps else None,
         "acceptance": (accepted / proposed) if proposed else None,
+        "counts": {
+            "tokens": tokens,
+            "seconds": elapsed,
+            "verify_steps": verify_steps,
+            "verify_tokens": verify_tokens,
+            "proposed": proposed,
+            "accepted": accepted,
+        },
     }
+
+
+def run_interleaved(
+    model,
+    prompts: list[list[int]],
+    batch: int,
+    temperature: float,
+    new_tokens: int,
+    draft_steps: int,
+    rounds: int,
+    device: torch.device | None = None,
+    cuda_graphs: bool | None = None,
+) -> dict[str, dict]:
+    """Every spec mode on ``prompts``, ``rounds`` times, interleaved in chunks of 4 * batch prompts
+    (each chunk decoded by every mode in turn, refilled within the chunk): a shared machine's slow
+    spells, seconds long, then fall on every mode alike. Returns a row per mode: tokens/s of all
+    rounds together (total tokens over total seconds), and per round in ``tokens_per_s_runs``."""
+    chunk = 4 * batch
+    totals = {spec: Counter() for spec in SPECS}
+    per_round: dict[str, list[float]] = {spec: [] for spec in SPECS}
+    for _ in range(rounds):
+        this_round = {spec: Counter() for spec in SPECS}
+        for first in range(0, len(prompts), chunk):
+            for spec in SPECS:
+                run = run_config(
+                    model, spec, prompts[first : first + chunk], batch, temperature, new_tokens,
+                    draft_steps, device, cuda_graphs, first_seed=first,
+                )  # fmt: skip
+                this_round[spec].update(run["counts"])
+        for spec in SPECS:
+            per_round[spec].append(this_round[spec]["tokens"] / this_round[spec]["seconds"])
+            totals[spec].update(this_round[spec])
+    rows = {}
+    for spec, c in totals.items():
+        rows[spec] = {
+            "spec": spec,
+            "batch": batch,
+            "temperature": temperature,
+            "tokens_per_s": c["tokens"] / c["seconds"],
+            "accept_length": c["verify_tokens"] / c["verify_steps"] if c["verify_steps"] else None,
+            "acceptance": c["accepted"] / c["proposed"] if c["proposed"] else None,
+            "tokens_per_s_runs": per_round[spec],
+        }
+    return rows
 
 
 def run_hf(
@@ -160,7 +216,7 @@ def run_hf(
 
 
 def component_times(
-    model, batch: int, draft_steps: int, context: int = 64, repeats: int = 30, device=None
+    model, batch: int, draft_steps: int, context: int = 64, repeats: int = 60, device=None
 ) -> dict[str, float]:
     """Median milliseconds of the model calls a step cannot avoid, at ``batch`` rows of ``context``
     cached tokens on the engine's KV pool: decode (1 token), verify (G+1 tokens), one MTP step."""
@@ -187,25 +243,21 @@ def component_times(
         mask, caches = runner._mask(t - 1, 1, span), runner.mtp_kv.views(rows, index, span)
         return lambda: model.mtp(model.embed(ids), hidden, model.rope(index + 1), model.lm_head, mask, caches)
 
+    calls = {"decode_ms": target(1), "verify_ms": target(G + 1), "mtp_ms": mtp_step()}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
     with torch.no_grad():
-        return {
-            "decode_ms": _median_ms(target(1), dev, repeats),
-            "verify_ms": _median_ms(target(G + 1), dev, repeats),
-            "mtp_ms": _median_ms(mtp_step(), dev, repeats),
-        }
-
-
-def _median_ms(fn, device: torch.device, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(samples)
+        for _ in range(3):
+            for fn in calls.values():
+                fn()
+        # round-robin, so that a slow spell of the machine weighs on the three medians alike
+        for _ in range(repeats):
+            for name, fn in calls.items():
+                _sync(dev)
+                start = time.perf_counter()
+                fn()
+                _sync(dev)
+                samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def _sync(device: torch.device) -> None:
@@ -225,40 +277,28 @@ def run_engine_bench(
     prompts: int = 64,
     rounds: int = 3,
 ) -> dict:
-    """Every (batch, temperature, spec) on ``prompts`` held-out prompts, ``rounds`` times.
+    """Every (batch, temperature, spec) on ``prompts`` held-out prompts, ``rounds`` times, the
+    modes interleaved (``run_interleaved``); the transformers peer once per (batch, temperature).
 
-    The spec modes alternate within a round and a speedup is the ratio of two runs of one round,
-    so slow spells of a shared machine hit both sides; rows report the median tokens/s and the
-    speedups the median of the per-round ratios. The transformers peer runs once per (batch,
-    temperature). With more prompts than ``batch``, finished rows are refilled and the batch stays
-    full, as in an RL rollout phase; with as many prompts as rows, one wave decodes and its
-    longest row (the one that accepts least) sets the time.
+    Finished rows are refilled from a chunk of 4 * batch prompts, so the batch stays mostly full,
+    as in an RL rollout phase; with only as many prompts as rows, one wave decodes and its
+    longest row (the one that accepts least) would set the time.
     """
     device = torch.device(device) if device is not None else default_device()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(model_dir).to(device)
     work = workload(model_dir, prompts)
-    rows, components, ratios = [], {}, {}
+    rows, components = [], {}
     for batch in batches:
         components[f"b{batch}"] = component_times(model, batch, draft_steps, device=device)
         for temperature in temperatures:
             config = (batch, temperature)
             for spec in SPECS:  # warm-up
                 run_config(model, spec, work[:2], *config, 8, draft_steps, device, cuda_graphs)
-            runs: dict[str, list[dict]] = {spec: [] for spec in SPECS}
-            for _ in range(rounds):
-                for spec in SPECS:
-                    run = run_config(model, spec, work, *config, new_tokens, draft_steps, device, cuda_graphs)
-                    runs[spec].append(run)
-            for spec in SPECS:
-                rates = [r["tokens_per_s"] for r in runs[spec]]
-                rows.append(
-                    {**runs[spec][0], "tokens_per_s": statistics.median(rates), "tokens_per_s_runs": rates}
-                )
-            ratios[config] = statistics.median(
-                r["tokens_per_s"] / n["tokens_per_s"]
-                for r, n in zip(runs["rejection"], runs["none"], strict=True)
+            modes = run_interleaved(
+                model, work, *config, new_tokens, draft_steps, rounds, device, cuda_graphs
             )
+            rows.extend(modes.values())
             if with_hf:
                 for assisted in (False, True):
                     run_hf(
@@ -277,7 +317,7 @@ def run_engine_bench(
     if 1.0 in temperatures:
         for b in batches:
             key, c = f"b{b}", components[f"b{b}"]
-            speedup[key] = ratios[(b, 1.0)]
+            speedup[key] = row_of("rejection", b)["tokens_per_s"] / row_of("none", b)["tokens_per_s"]
             accept_length = row_of("rejection", b)["accept_length"]
             ceiling[key] = accept_length * c["decode_ms"] / (c["verify_ms"] + draft_steps * c["mtp_ms"])
             efficiency[key] = speedup[key] / ceiling[key]

@@ -384,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     engine_bench.add_argument("--new-tokens", type=int, default=96)
     engine_bench.add_argument("--draft-steps", type=int, default=3)
     engine_bench.add_argument("--prompts", type=int, default=64, help="held-out prompts per run (refilled)")
-    engine_bench.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median reported)")
+    engine_bench.add_argument("--rounds", type=int, default=3, help="rounds, the modes interleaved")
     engine_bench.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
     engine_bench.add_argument("--device", default="auto", help="cuda, cpu or auto (cuda when available)")
     engine_bench.add_argument("--json", action="store_true")

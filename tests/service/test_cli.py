@@ -1,7 +1,6 @@
 """The ``bebop`` command as a user runs it: a real subprocess of the installed console script."""
 
 import json
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -34,12 +33,10 @@ def test_bench_engine_json_reports_interleaved_rounds_and_the_ceiling():
     assert report["prompts"] == 4 and report["rounds"] == 2
     runs = {row["spec"]: row for row in report["rows"]}
     assert set(runs) == {"none", "target_only", "rejection"}
-    rates = {spec: row["tokens_per_s_runs"] for spec, row in runs.items()}
-    for spec, row in runs.items():
-        assert len(rates[spec]) == 2 and row["tokens_per_s"] == statistics.median(rates[spec])
-    # the speedup is the median of the per-round ratios, not a ratio of medians
-    ratios = [r / n for r, n in zip(rates["rejection"], rates["none"], strict=True)]
-    assert report["speedup"]["b2"] == statistics.median(ratios)
+    for row in runs.values():  # all rounds' tokens over all rounds' seconds: within the rounds' rates
+        assert len(row["tokens_per_s_runs"]) == 2
+        assert min(row["tokens_per_s_runs"]) <= row["tokens_per_s"] <= max(row["tokens_per_s_runs"])
+    assert report["speedup"]["b2"] == runs["rejection"]["tokens_per_s"] / runs["none"]["tokens_per_s"]
     assert report["efficiency"]["b2"] == report["speedup"]["b2"] / report["ceiling"]["b2"]
     assert runs["rejection"]["accept_length"] > 1 and runs["none"]["accept_length"] == 1
 
