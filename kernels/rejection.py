@@ -415,9 +415,10 @@ def _draw_index(
     2**40).
     """
     cdf = weights.cumsum(1, dtype=torch.float64)  # [B, V]
-    empty = cdf[:, -1:] == 0  # [B, 1]
-    if fallback is not None and bool(empty.any()):  # rare: look before computing a second CDF
-        cdf = torch.where(empty, _quantise(fallback).cumsum(1, dtype=torch.float64), cdf)
+    if fallback is not None:
+        empty = cdf[:, -1:] == 0  # [B, 1]
+        if bool(empty.any()):  # rare: look before computing a second CDF
+            cdf = torch.where(empty, _quantise(fallback).cumsum(1, dtype=torch.float64), cdf)
     total = cdf[:, -1]
     u = uniform_f64(seeds, positions, slot) if u is None else u.double()
     # u < 1, but u * total can round up to total in float64: the minimum keeps the draw in range

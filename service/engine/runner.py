@@ -64,8 +64,8 @@ class LawParams:
     """What ``_laws`` needs of a batch's requests, per row of an [R * T, V] law (``_law_params``)."""
 
     temperature: torch.Tensor | None  # [R * T]; None: every row at temperature 1
-    top_k: torch.Tensor  # [R * T]
-    top_p: torch.Tensor  # [R * T]
+    top_k: torch.Tensor  # [R * T]; empty when filter_rows is
+    top_p: torch.Tensor  # [R * T]; empty when filter_rows is
     filter_rows: torch.Tensor  # [F] int64: the rows that use top-k or top-p
     any_greedy: bool
     processors: bool  # some row uses logit_bias, penalties, min_p, ...
@@ -513,8 +513,9 @@ class ModelRunner:
         # and is skipped. A captured CUDA graph keeps it, so that one graph serves any temperature.
         unit = not self.cuda_graphs and all(self._unit_temperature[rows])
         temperature = None if unit else per_law_row(self.temperature[rows])
-        top_k, top_p = per_law_row(self.top_k[rows]), per_law_row(self.top_p[rows])
-        filter_rows = self._no_rows
+        filter_rows = top_k = top_p = self._no_rows  # no row filters: target_probs reads none of them
+        if any(self._filtered[rows]):
+            top_k, top_p = per_law_row(self.top_k[rows]), per_law_row(self.top_p[rows])
         if any(self._filtered[rows]) and self.cuda_graphs:  # a captured graph has fixed shapes
             filter_rows = torch.arange(R * T, device=self.device)
         elif any(self._filtered[rows]):  # only then build the index of the rows to sort
