@@ -514,14 +514,14 @@ class ModelRunner:
         unit = not self.cuda_graphs and all(self._unit_temperature[rows])
         temperature = None if unit else per_law_row(self.temperature[rows])
         filter_rows = top_k = top_p = self._no_rows  # no row filters: target_probs reads none of them
-        if any(self._filtered[rows]):
+        if any(self._filtered[rows]):  # only then the rows to sort and their top-k and top-p
             top_k, top_p = per_law_row(self.top_k[rows]), per_law_row(self.top_p[rows])
-        if any(self._filtered[rows]) and self.cuda_graphs:  # a captured graph has fixed shapes
-            filter_rows = torch.arange(R * T, device=self.device)
-        elif any(self._filtered[rows]):  # only then build the index of the rows to sort
-            first = rows.start or 0
-            flagged = [r - first for r in range(first, rows.stop) if self._filtered[r]]
-            filter_rows = torch.tensor([r * T + j for r in flagged for j in range(T)], device=self.device)
+            if self.cuda_graphs:  # a captured graph has fixed shapes
+                filter_rows = torch.arange(R * T, device=self.device)
+            else:
+                first = rows.start or 0
+                flagged = [r - first for r in range(first, rows.stop) if self._filtered[r]]
+                filter_rows = torch.tensor([r * T + j for r in flagged for j in range(T)], device=self.device)
         greedy = any(self._greedy[rows])
         return LawParams(temperature, top_k, top_p, filter_rows, greedy, self.procs.any(rows))
 

@@ -45,6 +45,21 @@ def test_views_write_in_place_and_read_the_span():
         p.views(slice(0, 2), write, span=9)
 
 
+def test_views_keep_one_cut_and_see_what_compaction_moves():
+    p = pool()
+    for _ in range(3):
+        p.allocate()
+    write = torch.zeros(2, 1, dtype=torch.int64)
+    first = p.views(slice(0, 2), write, span=4)
+    again = p.views(slice(0, 2), write + 1, span=4)  # the same rows and span: the same cut
+    assert again[0].k is first[0].k and torch.equal(again[0].write_index, write + 1)
+    p.k[:, 2] = 5.0
+    assert p.release(0) == 2  # slot 2 moves into 0, in place: the kept cut sees it
+    assert bool((first[1].k[0] == 5.0).all())
+    longer = p.views(slice(0, 2), write, span=6)  # another span: a new cut
+    assert longer[0].k.shape == (2, 1, 6, 2) and longer[0].k is not first[0].k
+
+
 def test_prefix_mask_sees_the_past_and_the_new_tokens_up_to_itself():
     mask = prefix_mask(torch.tensor([2, 0]), T=2, span=4)  # [B, 1, T, span], additive
     assert mask.shape == (2, 1, 2, 4) and mask.dtype == torch.float32

@@ -78,3 +78,18 @@ def test_the_greedy_threshold_itself_samples():
     logits = torch.tensor([[0.0, 1e-6]])
     probs = laws(logits, GREEDY_TEMPERATURE, -1, 1.0)
     assert torch.isfinite(probs).all() and 0 < float(probs[0, 0]) < 1
+
+
+def test_the_engine_shortcuts_give_the_same_laws_bit_for_bit():
+    """temperature None (every row at 1) skips the division, any_greedy=False the greedy select,
+    an empty filter_rows the sort: each must give exactly the law of the general path."""
+    logits = torch.randn(5, 300, generator=torch.Generator().manual_seed(4)) * 4
+    off_k, off_p = torch.full((5,), -1), torch.ones(5)
+    general = target_probs(logits, torch.ones(5), off_k, off_p)
+    no_rows = torch.zeros(0, dtype=torch.int64)
+    assert torch.equal(target_probs(logits, None, off_k, off_p), general)
+    assert torch.equal(target_probs(logits, None, no_rows, no_rows, no_rows, any_greedy=False), general)
+    hot = torch.full((5,), 1.7)
+    assert torch.equal(
+        target_probs(logits, hot, off_k, off_p, no_rows, False), target_probs(logits, hot, off_k, off_p)
+    )
