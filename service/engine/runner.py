@@ -143,10 +143,7 @@ class ModelRunner:
             # are float32 values, held exactly.
             self.rng_table = torch.zeros(S, RNG_WINDOW, 3, dtype=torch.float64)
             self._slot_tensors += [self.rng_base, self.rng_table]
-        self._filtered = [False] * S  # host flags: the slot's request uses top-k or top-p
         self.procs = SlotProcessors(S, cfg.vocab_size, dev, cfg.eos_token_id)  # logit_bias, min_p, ...
-        self._greedy = [False] * S
-        self._unit_temperature = [True] * S  # host flags: the slot's request samples at temperature 1
         self._owner: list[SeqState | None] = [None] * S
         self._arange = torch.arange(max(entries, S), device=dev)
         self._no_rows = torch.zeros(0, dtype=torch.int64, device=dev)
@@ -181,8 +178,6 @@ class ModelRunner:
         if moved is not None:
             for t in self._slot_tensors:
                 t[slot] = t[moved]
-            self._filtered[slot], self._greedy[slot] = self._filtered[moved], self._greedy[moved]
-            self._unit_temperature[slot] = self._unit_temperature[moved]
             self.procs.move(slot, moved)
             owner = self._owner[moved]
             assert owner is not None
@@ -192,8 +187,6 @@ class ModelRunner:
             self._owner[slot] = None
             self.procs.move(slot, None)
         self._owner[self.kv.active] = None
-        self._filtered[self.kv.active] = self._greedy[self.kv.active] = False  # a free row is plain
-        self._unit_temperature[self.kv.active] = True
 
     @torch.no_grad()
     def prefill(
@@ -286,9 +279,6 @@ class ModelRunner:
         self.top_p[rows] = torch.tensor([p.top_p for p in params], device=dev)
         for i, state in enumerate(states):
             slot, prm = state.slot, state.params
-            self._greedy[slot] = prm.temperature < GREEDY_TEMPERATURE
-            self._unit_temperature[slot] = prm.temperature == 1.0
-            self._filtered[slot] = 0 < prm.top_k < self.vocab_size or prm.top_p < 1
             self.procs.admit(slot, prm, lengths[i], None if histories is None else histories[i])
         if not self._on_cuda:
             self._refill_rng(self._arange[rows], lens)
@@ -354,7 +344,7 @@ class ModelRunner:
         # freeze the choice of its capture, so batches that use them run the same shapes eagerly.
         if not self.cuda_graphs or self.procs.any(rows):
             return tuple(None if t is None else t[:B] for t in core(bucket, self.kv.max_len))
-        key = (bucket, any(self._filtered[rows]), any(self._greedy[rows]))
+        key = (bucket, any(self._filters(rows)), self._any_greedy(rows))
         if key not in self._graphs:
             try:
                 self._graphs[key] = self._capture(bucket)
@@ -511,19 +501,28 @@ class ModelRunner:
 
         # Temperature 1 everywhere (RL's usual case): the division would return the logits unchanged
         # and is skipped. A captured CUDA graph keeps it, so that one graph serves any temperature.
-        unit = not self.cuda_graphs and all(self._unit_temperature[rows])
+        unit = not self.cuda_graphs and all(
+            o is None or o.params.temperature == 1.0 for o in self._owner[rows]
+        )
         temperature = None if unit else per_law_row(self.temperature[rows])
         filter_rows = top_k = top_p = self._no_rows  # no row filters: target_probs reads none of them
-        if any(self._filtered[rows]):  # only then the rows to sort and their top-k and top-p
+        filters = self._filters(rows)
+        if any(filters):  # only then the rows to sort and their top-k and top-p
             top_k, top_p = per_law_row(self.top_k[rows]), per_law_row(self.top_p[rows])
             if self.cuda_graphs:  # a captured graph has fixed shapes
                 filter_rows = torch.arange(R * T, device=self.device)
             else:
-                first = rows.start or 0
-                flagged = [r - first for r in range(first, rows.stop) if self._filtered[r]]
+                flagged = [r for r, f in enumerate(filters) if f]
                 filter_rows = torch.tensor([r * T + j for r in flagged for j in range(T)], device=self.device)
-        greedy = any(self._greedy[rows])
-        return LawParams(temperature, top_k, top_p, filter_rows, greedy, self.procs.any(rows))
+        return LawParams(temperature, top_k, top_p, filter_rows, self._any_greedy(rows), self.procs.any(rows))
+
+    def _filters(self, rows: slice) -> list[bool]:
+        """Per slot of ``rows``: its request uses top-k or top-p (a free slot of a padded batch: no)."""
+        V = self.vocab_size
+        return [o is not None and (0 < o.params.top_k < V or o.params.top_p < 1) for o in self._owner[rows]]
+
+    def _any_greedy(self, rows: slice) -> bool:
+        return any(o is not None and o.params.temperature < GREEDY_TEMPERATURE for o in self._owner[rows])
 
     def _laws(
         self,
