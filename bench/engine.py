@@ -98,21 +98,26 @@ def run_config(
             accepted += out.drafts_accepted
     _sync(runner.device)
     elapsed = time.perf_counter() - start
+    counts = {
+        "tokens": tokens,
+        "seconds": elapsed,
+        "verify_steps": verify_steps,
+        "verify_tokens": verify_tokens,
+        "proposed": proposed,
+        "accepted": accepted,
+    }
+    return {**_row(spec, batch, temperature, counts), "counts": counts}
+
+
+def _row(spec: str, batch: int, temperature: float, c: dict) -> dict:
+    """A report row from a run's (or several runs' summed) counts."""
     return {
         "spec": spec,
         "batch": batch,
         "temperature": temperature,
-        "tokens_per_s": tokens / elapsed,
-        "accept_length": verify_tokens / verify_steps if verify_steps else None,
-        "acceptance": (accepted / proposed) if proposed else None,
-        "counts": {
-            "tokens": tokens,
-            "seconds": elapsed,
-            "verify_steps": verify_steps,
-            "verify_tokens": verify_tokens,
-            "proposed": proposed,
-            "accepted": accepted,
-        },
+        "tokens_per_s": c["tokens"] / c["seconds"],
+        "accept_length": c["verify_tokens"] / c["verify_steps"] if c["verify_steps"] else None,
+        "acceptance": c["accepted"] / c["proposed"] if c["proposed"] else None,
     }
 
 
@@ -146,18 +151,10 @@ def run_interleaved(
         for spec in SPECS:
             per_round[spec].append(this_round[spec]["tokens"] / this_round[spec]["seconds"])
             totals[spec].update(this_round[spec])
-    rows = {}
-    for spec, c in totals.items():
-        rows[spec] = {
-            "spec": spec,
-            "batch": batch,
-            "temperature": temperature,
-            "tokens_per_s": c["tokens"] / c["seconds"],
-            "accept_length": c["verify_tokens"] / c["verify_steps"] if c["verify_steps"] else None,
-            "acceptance": c["accepted"] / c["proposed"] if c["proposed"] else None,
-            "tokens_per_s_runs": per_round[spec],
-        }
-    return rows
+    return {
+        spec: {**_row(spec, batch, temperature, c), "tokens_per_s_runs": per_round[spec]}
+        for spec, c in totals.items()
+    }
 
 
 def run_hf(
