@@ -37,6 +37,8 @@ from pathlib import Path
 
 import httpx
 
+from bebop.service.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 DEFAULT_LOCUST = ROOT / ".cache" / "locust-venv" / "bin" / "locust"
@@ -125,14 +127,6 @@ def bebop_serve(port: int, engines: int, extra: list[str], log_path: Path) -> It
             proc.kill()
             proc.wait()
         log.close()
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def admin_headers() -> dict[str, str]:

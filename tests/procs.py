@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import socket
+import os
 import subprocess
 import sys
 import time
@@ -12,13 +12,17 @@ from pathlib import Path
 
 import httpx
 
+from bebop.service import ports
+
 BEBOP = str(Path(sys.executable).parent / "bebop")
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port outside the ephemeral range, from this xdist worker's own slice (two
+    workers never draw the same port; an outgoing connection never takes it before the server binds)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return ports.free_port(lane=int(worker.removeprefix("gw") or 0), lanes=max(workers, 1))
 
 
 def wait_ready(proc: subprocess.Popen, url: str, path: str = "/readyz", timeout: float = 120.0) -> None:

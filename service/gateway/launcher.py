@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -17,17 +16,12 @@ from pathlib import Path
 
 import httpx
 
+from ..ports import free_port
 from .settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 HEALTH_POLL_S = 0.2  # how often start-up asks a new engine's /health
 HEALTH_CALL_TIMEOUT_S = 2.0  # one /health call during start-up; a slow answer is asked again
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _die_with_parent(parent: int) -> None:
