@@ -32,7 +32,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,18 +44,13 @@ from safetensors.torch import load_file, save_file
 
 from bebop.model import load_model, save_model
 from bebop.service.client import Prompt, RolloutClient, SamplingParams
+from bebop.service.ports import free_port
 from bebop.training.tasks import ArithmeticTask, is_held_out
 from bebop.training.tokenizer import EOS_TOKEN, decode, encode, load_tokenizer
 
 CLIP_EPS = 0.2  # PPO/GRPO ratio clip
 ADV_EPS = 1e-4  # groups whose rewards are all equal get advantage 0, not a division by zero
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def demo_model_dir() -> Path:

@@ -360,7 +360,6 @@ def draft_on_cpu() -> dict[str, object]:
     then fed the demo checkpoint through its ``load_weights``: where each ``mtp.*`` tensor landed,
     fused projections (qkv_proj, gate_up_proj) read back by slice. Runs last: it initialises
     SGLang's process-wide parallel state."""
-    import socket
 
     import sglang.srt.layers.rotary_embedding.base as rope_base
     from safetensors.torch import load_file
@@ -374,14 +373,13 @@ def draft_on_cpu() -> dict[str, object]:
     from transformers import AutoConfig
 
     from bebop.model.demo_path import demo_model_dir
+    from bebop.service.ports import free_port
     from bebop.service.sglang.qwen3_mtp import register_draft_class
 
     model_dir = str(demo_model_dir())
     server_args = ServerArgs(model_path=model_dir, device="cpu")
     publish(server_args, role="scheduler", ranks=SpawnRanks(world_rank=0, dp_rank=None, gpu_id=0))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     init_distributed_environment(
         backend="gloo", world_size=1, rank=0, local_rank=0, distributed_init_method=f"tcp://127.0.0.1:{port}"
     )
