@@ -45,10 +45,11 @@ from safetensors.torch import load_file, save_file
 from bebop.model import load_model, save_model
 from bebop.service.client import Prompt, RolloutClient, SamplingParams
 from bebop.service.ports import free_port
-from bebop.training.tasks import ArithmeticTask, is_held_out
+from bebop.training.tasks import ArithmeticTask, StoryTask, Task, is_held_out
 from bebop.training.tokenizer import EOS_TOKEN, decode, encode, load_tokenizer
 
 CLIP_EPS = 0.2  # PPO/GRPO ratio clip
+NOVELTY_WEIGHT = 0.5  # story: the bonus for words no sibling completion uses, beside validity's 0..1
 ADV_EPS = 1e-4  # groups whose rewards are all equal get advantage 0, not a division by zero
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -137,15 +138,33 @@ def grpo_loss(
     return -per_seq.mean()
 
 
-def training_prompts(task: ArithmeticTask, seed: int, n: int = 4096) -> list[str]:
-    """Distinct prompts from the training side of the task's prompt space (never a held-out one)."""
+def training_prompts(task: Task, seed: int, n: int = 4096) -> list[str]:
+    """Distinct prompts from the training side of the task's prompt space (never a held-out one);
+    fewer than ``n`` where the space is smaller (``story`` has a few hundred)."""
     rng = random.Random(f"grpo_arith/{seed}")
     prompts: set[str] = set()
-    while len(prompts) < n:
+    misses = 0
+    while len(prompts) < n and misses < 20 * n:  # stop once new prompts have become rare
+        size = len(prompts)
         prompt = task.sample_prompt(rng)
         if not is_held_out(prompt):
             prompts.add(prompt)
+        misses += len(prompts) == size
     return sorted(prompts)
+
+
+def novelty(texts: list[str], group: int) -> list[float]:
+    """Per completion, the share of its words that no other completion of its GRPO group uses (0 to
+    1; 0 for an empty one). ``texts`` are ordered by prompt, ``group`` per prompt. Added to the
+    story task's reward (times ``NOVELTY_WEIGHT``), it favours valid stories that differ from their
+    siblings, so the policy's entropy rises over the steps as RL on open-ended tasks raises it."""
+    shares = []
+    for start in range(0, len(texts), group):
+        word_sets = [set(t.replace(",", " ").replace(".", " ").split()) for t in texts[start : start + group]]
+        for i, words in enumerate(word_sets):
+            others = set().union(*(w for j, w in enumerate(word_sets) if j != i))
+            shares.append(len(words - others) / len(words) if words else 0.0)
+    return shares
 
 
 def group_advantages(rewards: list[float], group: int) -> torch.Tensor:
@@ -176,7 +195,12 @@ def train(args: argparse.Namespace, mode: str, out: Path) -> list[dict]:
     init = initial_checkpoint(source, head or None, out / "ckpt" / "step-0")
     tok = load_tokenizer(init)
     eos = tok.token_to_id(EOS_TOKEN)
-    task = ArithmeticTask(min_operands=args.operands[0], max_operands=args.operands[-1])
+    temperature = args.temperature if args.temperature is not None else (1.0 if args.task == "story" else 1.2)
+    task: Task = (
+        StoryTask()
+        if args.task == "story"
+        else ArithmeticTask(min_operands=args.operands[0], max_operands=args.operands[-1])
+    )
     pool = training_prompts(task, args.seed)
     policy = load_model(init)
     policy.train()
@@ -197,22 +221,24 @@ def train(args: argparse.Namespace, mode: str, out: Path) -> list[dict]:
             t_step = time.monotonic()
             examples = rng.sample(pool, args.prompts)
             prompt_ids = [encode(tok, prompt) for prompt in examples]
-            sampling = SamplingParams(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+            sampling = SamplingParams(temperature=temperature, max_new_tokens=args.max_new_tokens)
             t0 = time.monotonic()
             results = client.rollouts(
                 [Prompt(input_ids=ids, n=args.group) for ids in prompt_ids],
                 sampling,
                 seed=args.seed * 1_000_003 + step * 1000,
                 return_logprobs=True,
-                task="grpo-arith",
+                task=f"grpo-{args.task}",
             )
             rollout_s = time.monotonic() - t0
             results.sort(key=lambda r: (r.prompt_index, r.sample_index))
             completions = [r.output_ids for r in results]
             texts = [decode(tok, [t for t in r.output_ids if t != eos]) for r in results]
-            rewards = [
-                task.reward(examples[r.prompt_index], text) for r, text in zip(results, texts, strict=True)
-            ]
+            valid = [task.reward(examples[r.prompt_index], t) for r, t in zip(results, texts, strict=True)]
+            rewards = list(valid)
+            if args.task == "story":
+                bonus = novelty(texts, args.group)
+                rewards = [v + NOVELTY_WEIGHT * b for v, b in zip(valid, bonus, strict=True)]
             versions = sorted({r.weight_version for r in results})
 
             t0 = time.monotonic()
@@ -223,7 +249,7 @@ def train(args: argparse.Namespace, mode: str, out: Path) -> list[dict]:
                 old_logp[i, : len(r.output_ids)] = torch.tensor(r.output_logprobs, dtype=torch.float32)
             for epoch in range(args.epochs):  # the first pass is on-policy; later ones are clipped
                 optim.zero_grad()
-                new_logp, mask = sequence_logprobs(policy, prompts_flat, completions, args.temperature)
+                new_logp, mask = sequence_logprobs(policy, prompts_flat, completions, temperature)
                 if epoch == 0:  # how far the engine's sampling log-probs are from the trainer's
                     gap = (new_logp.detach() - old_logp).abs() * mask
                     logp_gap = gap.sum().item() / mask.sum().item()
@@ -253,7 +279,7 @@ def train(args: argparse.Namespace, mode: str, out: Path) -> list[dict]:
                 "mode": mode,
                 "step": step,
                 "reward": statistics.fmean(rewards),
-                "solved": sum(r == 1.0 for r in rewards) / len(rewards),
+                "solved": sum(v == 1.0 for v in valid) / len(valid),  # the task's own checks, all passed
                 "entropy": _mean([r.entropy_mean for r in results]),
                 "acceptance": _mean([r.spec.accept_rate for r in results]) if spec != "none" else None,
                 "accept_length": _mean([r.spec.accept_length for r in results]) if spec != "none" else None,
@@ -306,7 +332,7 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def summarize(runs: dict[str, list[dict]], out: Path, skip_steps: int) -> dict:
+def summarize(runs: dict[str, list[dict]], out: Path, skip_steps: int, task: str = "arith") -> dict:
     """Per mode: reward first/last, mean step and rollout time, acceptance-entropy slopes; a plot."""
     summary = {}
     for mode, recs in runs.items():
@@ -339,7 +365,7 @@ def summarize(runs: dict[str, list[dict]], out: Path, skip_steps: int) -> dict:
             row["speedup_vs_none"] = summary["none"]["step_s"] / row["step_s"]
             row["rollout_speedup_vs_none"] = summary["none"]["rollout_s"] / row["rollout_s"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    plot(runs, summary, out / "acceptance_vs_entropy.png")
+    plot(runs, summary, out / "acceptance_vs_entropy.png", task)
     (out / "summary.md").write_text(summary_markdown(summary))
     return summary
 
@@ -361,7 +387,7 @@ def summary_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: dict[str, list[dict]], summary: dict, path: Path) -> None:
+def plot(runs: dict[str, list[dict]], summary: dict, path: Path, task: str = "arith") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -380,7 +406,7 @@ def plot(runs: dict[str, list[dict]], summary: dict, path: Path) -> None:
         ax.plot([lo, hi], [a + b * lo, a + b * hi], color=line.get_facecolor()[0], lw=1)
     ax.set_xlabel("mean target entropy of the step's rollouts (nats)")
     ax.set_ylabel("draft acceptance")
-    ax.set_title("GRPO on arith: acceptance against entropy over RL steps")
+    ax.set_title(f"GRPO on {task}: acceptance against entropy over RL steps")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -397,7 +423,13 @@ def main() -> int:
     p.add_argument("--group", type=int, default=8, help="samples per prompt (GRPO group)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--operands", type=int, nargs="+", default=[3], help="operand count, or min max")
-    p.add_argument("--temperature", type=float, default=1.2)
+    p.add_argument(
+        "--task",
+        choices=("arith", "story"),
+        default="arith",
+        help="arith: verifiable sums (low entropy); story: valid and novel stories (high, rising entropy)",
+    )
+    p.add_argument("--temperature", type=float, default=None, help="default 1.2 for arith, 1.0 for story")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--epochs", type=int, default=4, help="policy updates per batch of rollouts (GRPO's mu)")
     p.add_argument("--seed", type=int, default=0)
@@ -419,7 +451,7 @@ def main() -> int:
     for mode in args.modes:
         runs[mode] = train(args, mode, out / mode.replace(":", "-"))
     if len(runs) > 1 or args.steps >= 3:
-        summary = summarize(runs, out, args.skip_steps)
+        summary = summarize(runs, out, args.skip_steps, args.task)
         print(summary_markdown(summary))
     return 0
 
