@@ -33,3 +33,23 @@ def _env():
     import os
 
     return dict(os.environ)
+
+
+def _example_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grpo_arith", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_novelty_counts_words_no_sibling_uses_within_each_group_only():
+    novelty = _example_module().novelty
+    texts = [
+        " the fox ran.",  # "ran" is its own: 1 of 3 words
+        " the fox sat, the fox slept.",  # "sat", "slept": 2 of 4 distinct words
+        " a fox ran.",  # group 2: all 3 words its own (group 1's words do not count)
+        "",  # an empty completion earns nothing
+    ]
+    assert novelty(texts, group=2) == [1 / 3, 2 / 4, 1.0, 0.0]
