@@ -1,11 +1,11 @@
-"""The loss comparison where a one-layer MTP head is capacity-limited: the ``chain`` demo task.
+"""The loss comparison where a one-layer MTP head is capacity-limited: the ``chain`` or ``hop`` task.
 
     python examples/capacity_heads.py --out runs/chain            # the full budgets below
     python examples/capacity_heads.py --out /tmp/chain --quick    # a smoke-sized run (seconds)
 
 Builds a model the way ``make demo-model`` does (tokenizer, backbone, a CE warm-up of the head,
-then each loss fine-tunes that head for the same number of iterations), but on ``chain`` only and
-with the CE and e2e-TV heads, then scores every head on held-out chain prompts at T = 1 with
+then each loss fine-tunes that head for the same number of iterations), but on one task (``--task``) and
+with the CE and e2e-TV heads, then scores every head on the task's held-out prompts at T = 1 with
 ``bebop eval-mtp``'s analytic acceptance (``sum min(p, q)`` per draft position, G = 3). Writes
 ``results.json`` and prints a markdown table. The goal (issue 14): CE acceptance at most 0.85 (the
 head is capacity-limited) and e2e TV at least 3 points above CE.
@@ -27,6 +27,7 @@ from bebop.training.mtp_eval import evaluate
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/chain")
+    p.add_argument("--task", choices=("chain", "hop"), default="chain", help="the capacity-limited task")
     p.add_argument("--backbone-iters", type=int, default=1500)
     p.add_argument("--head-iters", type=int, default=400, help="CE warm-up of the head")
     p.add_argument("--finetune-iters", type=int, default=400, help="per loss: the equal budget")
@@ -39,7 +40,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     recipe = DemoRecipe(
         seed=args.seed,
-        tasks=["chain"],
+        tasks=[args.task],
         backbone_iters=args.backbone_iters,
         head_iters=args.head_iters,
         finetune_iters=args.finetune_iters,
@@ -51,7 +52,7 @@ def main() -> int:
         recipe.max_len, prompts = 48, 8
     out = Path(args.out).resolve()
     model = build_demo_model(out / "model", recipe, progress=not args.quick)
-    report = evaluate(model, ["chain"], gamma=3, temperature=1.0, prompts_per_task=prompts, seed=args.seed)
+    report = evaluate(model, [args.task], gamma=3, temperature=1.0, prompts_per_task=prompts, seed=args.seed)
     report["recipe"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in recipe.__dict__.items()}
     (out / "results.json").write_text(json.dumps(report, indent=2) + "\n")
     rows = {r["loss"]: r for r in report["rows"]}

@@ -14,6 +14,9 @@ tasks sit at the ends of the entropy range:
 
       story about a brave fox: -> " one day, the brave fox wandered slowly across the old bridge. ..."
 
+Two more tasks are not in the shipped model: ``chain`` and ``hop``, on which a one-layer MTP head
+is capacity-limited (``examples/capacity_heads.py``).
+
 Every text is lowercase ASCII letters, digits, space and ``+-=;.:,`` so the tokenizer stays
 small. A prompt ends in ``=`` or ``:`` and its completion starts with a space; the full training
 text is ``prompt + completion`` (the trainer appends the end-of-text token).
@@ -368,9 +371,84 @@ class ChainTask(Task):
 
 
 # ---------------------------------------------------------------------------------------------
+# hop (a two-step lookup: one step more than a one-layer MTP head can take)
+
+HOP_SYMBOLS = "abcdefghijkl"
+HOP_ONES = 9  # symbols coloured 1 in each prompt (of 12): a head that cannot look up guesses 1 at 0.75
+HOP_QUERIES = 6  # distinct symbols asked per completion
+_HOP_PROMPT_RE = re.compile(r"hop((?: [a-l]-[a-l]){12}) ;((?: [a-l][01]){12}):")
+
+
+def _hop_tables(prompt: str) -> tuple[dict[str, str], dict[str, str]] | None:
+    """The prompt's permutation (symbol -> symbol) and colouring (symbol -> "0"/"1"); None for a
+    prompt that is not a hop prompt over all twelve symbols."""
+    m = _HOP_PROMPT_RE.fullmatch(prompt)
+    if m is None:
+        return None
+    image = dict(pair.split("-") for pair in m.group(1).split())
+    colour = {c[0]: c[1] for c in m.group(2).split()}
+    symbols = set(HOP_SYMBOLS)
+    if set(image) != symbols or set(image.values()) != symbols or set(colour) != symbols:
+        return None  # a symbol listed twice, so another one is missing
+    return image, colour
+
+
+@dataclass(frozen=True)
+class HopTask(Task):
+    """Colour of the image: the prompt gives a permutation ``f`` of twelve symbols and a colouring
+    of them (nine 1s, three 0s); the completion asks six distinct symbols ``x`` in random order and
+    answers each with ``colour(f(x))``::
+
+        hop a-c b-f ... l-e ; a1 b0 ... l1: -> " d1 k0 a1 f1 b1 h0."
+
+    Why a one-layer MTP head is capacity-limited here while the backbone is not: when the head
+    drafts an answer, the symbol it answers for is the token it was just given, and the answer
+    takes two lookups in a row (its image in the map, then that image's colour). The backbone
+    spreads them over its four layers; the head's single attention layer can take one, so it is
+    left with the prompt's share of 1s (0.75) unless it finds a shortcut. The backbone is sure
+    (every answer is fixed by the prompt), so a head that spreads its mass as its uncertainty
+    (CE: q = 0.75 / 0.25, acceptance 0.75^2 + 0.25^2 = 0.625 there) loses to one that puts it all
+    on the likelier colour (acceptance 0.75), which is what maximising acceptance (TV) asks for.
+    Queries never repeat, so an earlier answer cannot be copied. Not part of the shipped demo
+    model (``examples/capacity_heads.py --task hop``).
+
+    Reward: the share of the six answers that are right at their position, times 0.9, plus 0.1
+    for a completion of exactly six ``<symbol><colour>`` items ending in ``.``.
+    """
+
+    name: str = "hop"
+
+    def sample_prompt(self, rng: random.Random) -> str:
+        images = rng.sample(HOP_SYMBOLS, len(HOP_SYMBOLS))
+        ones = set(rng.sample(HOP_SYMBOLS, HOP_ONES))
+        pairs = " ".join(f"{x}-{y}" for x, y in zip(HOP_SYMBOLS, images, strict=True))
+        colours = " ".join(f"{x}{int(x in ones)}" for x in HOP_SYMBOLS)
+        return f"hop {pairs} ; {colours}:"
+
+    def complete(self, prompt: str, rng: random.Random) -> str:
+        tables = _hop_tables(prompt)
+        if tables is None:
+            raise ValueError(f"not a hop prompt: {prompt!r}")
+        image, colour = tables
+        queries = rng.sample(HOP_SYMBOLS, HOP_QUERIES)
+        return "".join(f" {x}{colour[image[x]]}" for x in queries) + "."
+
+    def reward(self, prompt: str, completion: str) -> float:
+        tables = _hop_tables(prompt)
+        if tables is None:
+            return 0.0
+        image, colour = tables
+        body, period, _ = completion.partition(".")
+        items = body.split()
+        right = sum(len(it) == 2 and it[0] in image and colour[image[it[0]]] == it[1] for it in items)
+        well_formed = bool(period) and len(items) == HOP_QUERIES and all(len(it) == 2 for it in items)
+        return 0.9 * min(right, HOP_QUERIES) / HOP_QUERIES + 0.1 * well_formed
+
+
+# ---------------------------------------------------------------------------------------------
 # registry and datasets
 
-TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), StoryTask(), ChainTask())}
+TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), StoryTask(), ChainTask(), HopTask())}
 
 
 def get_task(name: str) -> Task:

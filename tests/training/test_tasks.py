@@ -12,6 +12,9 @@ from bebop.training.tasks import (
     ALPHABET,
     ARITH_STEP_CREDIT,
     HELD_OUT_BUCKETS,
+    HOP_ONES,
+    HOP_QUERIES,
+    HOP_SYMBOLS,
     STORY_MAX_WORDS,
     STORY_VOCABULARY,
     TASKS,
@@ -201,5 +204,28 @@ def test_corpus_is_deterministic_and_mixes_the_tasks():
 
 def test_get_task_refuses_unknown_names():
     assert get_task("arith") is TASKS["arith"] and get_task("story") is TASKS["story"]
-    with pytest.raises(ValueError, match="arith, chain, story"):
+    with pytest.raises(ValueError, match="arith, chain, hop, story"):
         get_task("poetry")
+
+
+def test_hop_answers_are_the_colour_of_the_image_of_six_distinct_symbols():
+    hop = get_task("hop")
+    rng = random.Random(8)
+    one_lookup_right = total = 0
+    for _ in range(60):
+        ex = hop.sample(rng)
+        pairs, colours = ex.prompt.removeprefix("hop ").removesuffix(":").split(" ; ")
+        image = dict(p.split("-") for p in pairs.split())
+        colour = {c[0]: c[1] for c in colours.split()}
+        assert sorted(image.values()) == sorted(image) == list(HOP_SYMBOLS)  # a permutation
+        assert sum(c == "1" for c in colour.values()) == HOP_ONES
+        items = ex.completion.removesuffix(".").split()
+        assert len({it[0] for it in items}) == len(items) == HOP_QUERIES  # queries never repeat
+        assert all(it[1] == colour[image[it[0]]] for it in items)
+        wrong = items[0][0] + "01"[items[0][1] == "0"]
+        assert hop.reward(ex.prompt, ex.completion.replace(items[0], wrong, 1)) < 1.0
+        one_lookup_right += sum(it[1] == colour[it[0]] for it in items)
+        total += len(items)
+    # One lookup (the symbol's own colour) agrees with the answer at chance, 0.625 in expectation
+    # (1/12 fixed points, else 78/132); 360 answers put 0.75 more than 4 sigma away.
+    assert one_lookup_right / total < 0.75
