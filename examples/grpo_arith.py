@@ -50,6 +50,7 @@ from bebop.training.tokenizer import EOS_TOKEN, decode, encode, load_tokenizer
 
 CLIP_EPS = 0.2  # PPO/GRPO ratio clip
 NOVELTY_WEIGHT = 0.5  # story: the bonus for words no sibling completion uses, beside validity's 0..1
+BOOTSTRAP_DRAWS = 1000  # resamples of the steps for the slope ratio's interval
 ADV_EPS = 1e-4  # groups whose rewards are all equal get advantage 0, not a division by zero
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -332,6 +333,32 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+def sample_slope(recs: list[dict], steps: list[int] | None = None) -> float:
+    """Least-squares slope of acceptance against entropy over the rollouts of ``steps`` (indices
+    into ``recs``, repeats allowed; default all)."""
+    chosen = range(len(recs)) if steps is None else steps
+    points = [(e, a) for i in chosen for e, a in recs[i]["samples"] if e is not None and a is not None]
+    return fit([p[0] for p in points], [p[1] for p in points])[1]
+
+
+def slope_ratio_ci(
+    recs: list[dict], reference: list[dict], draws: int = BOOTSTRAP_DRAWS, seed: int = 0
+) -> tuple[float, float]:
+    """95% interval of ``sample_slope(recs) / sample_slope(reference)`` by a bootstrap over steps:
+    the same resampled step indices for both runs (every mode sees the same prompts at a step, and
+    a step's samples are correlated through its prompts, so steps, not samples, are the units)."""
+    n = min(len(recs), len(reference))
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        idx = [rng.randrange(n) for _ in range(n)]
+        ref = sample_slope(reference, idx)
+        if ref != 0:
+            ratios.append(sample_slope(recs, idx) / ref)
+    ratios.sort()
+    return ratios[int(0.025 * len(ratios))], ratios[int(0.975 * len(ratios)) - 1]
+
+
 def summarize(runs: dict[str, list[dict]], out: Path, skip_steps: int, task: str = "arith") -> dict:
     """Per mode: reward first/last, mean step and rollout time, acceptance-entropy slopes; a plot."""
     summary = {}
@@ -360,6 +387,12 @@ def summarize(runs: dict[str, list[dict]], out: Path, skip_steps: int, task: str
             a, b = fit([p[0] for p in points], [p[1] for p in points])
             row["slope_per_sample"], row["intercept_per_sample"] = b, a
         summary[mode] = row
+    if "target_only" in runs:  # the goal: a rejection mode's slope at most half of target-only's
+        for mode, recs in runs.items():
+            if mode.startswith("rejection"):
+                ratio = summary[mode]["slope_per_sample"] / summary["target_only"]["slope_per_sample"]
+                summary[mode]["slope_ratio_vs_target_only"] = ratio
+                summary[mode]["slope_ratio_ci95"] = slope_ratio_ci(recs, runs["target_only"])
     if "none" in summary:
         for row in summary.values():
             row["speedup_vs_none"] = summary["none"]["step_s"] / row["step_s"]
@@ -373,16 +406,21 @@ def summarize(runs: dict[str, list[dict]], out: Path, skip_steps: int, task: str
 def summary_markdown(summary: dict) -> str:
     lines = [
         "| mode | reward first -> last | entropy first -> last | step s | rollout s | step speed-up vs none "
-        "| acceptance | accept length | slope per step | slope per sample |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| acceptance | accept length | slope per step | slope per sample | per-sample slope / target-only's "
+        "[95% CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, r in summary.items():
+        ratio = "-"
+        if "slope_ratio_vs_target_only" in r:
+            lo, hi = r["slope_ratio_ci95"]
+            ratio = f"{r['slope_ratio_vs_target_only']:.2f} [{lo:.2f}, {hi:.2f}]"
         lines.append(
             f"| {mode} | {r['reward_first']:.3f} -> {r['reward_last']:.3f} "
             f"| {r['entropy_first']:.3f} -> {r['entropy_last']:.3f} | {r['step_s']:.2f} "
             f"| {r['rollout_s']:.2f} | {_fmt(r.get('speedup_vs_none'))} | {_fmt(r.get('acceptance'))} "
             f"| {_fmt(r.get('accept_length'))} "
-            f"| {_fmt(r.get('slope_per_step'))} | {_fmt(r.get('slope_per_sample'))} |"
+            f"| {_fmt(r.get('slope_per_step'))} | {_fmt(r.get('slope_per_sample'))} | {ratio} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -1,6 +1,7 @@
 """examples/grpo_arith.py end to end: a real ``bebop serve``, two GRPO steps, both reload paths (~30 s)."""
 
 import json
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -53,3 +54,20 @@ def test_novelty_counts_words_no_sibling_uses_within_each_group_only():
         "",  # an empty completion earns nothing
     ]
     assert novelty(texts, group=2) == [1 / 3, 2 / 4, 1.0, 0.0]
+
+
+def test_slope_ratio_interval_covers_the_true_ratio_and_excludes_one():
+    g = _example_module()
+    rng = random.Random(0)
+
+    def run(slope: float) -> list[dict]:  # 20 steps of 64 samples: acceptance = 0.9 + slope * entropy + noise
+        steps = []
+        for _ in range(20):
+            ents = [rng.uniform(0.5, 2.5) for _ in range(64)]
+            steps.append({"samples": [(e, 0.9 + slope * e + rng.gauss(0, 0.05)) for e in ents]})
+        return steps
+
+    target_only, rejection = run(-0.2), run(-0.05)
+    assert abs(g.sample_slope(target_only) + 0.2) < 0.02
+    lo, hi = g.slope_ratio_ci(rejection, target_only, draws=300)
+    assert lo < 0.25 < hi and hi < 0.5  # the true ratio inside, "at most half" decided
