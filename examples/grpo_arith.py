@@ -426,26 +426,40 @@ def summary_markdown(summary: dict) -> str:
 
 
 def plot(runs: dict[str, list[dict]], summary: dict, path: Path, task: str = "arith") -> None:
+    """Left: each step's mean acceptance against its mean entropy, with the per-step fit. Right:
+    every rollout's pair, as means over entropy deciles, with the per-sample fit."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, (per_step, per_sample) = plt.subplots(1, 2, figsize=(12, 4.5))
     for mode, recs in runs.items():
         if recs[0]["acceptance"] is None:
             continue
+        row = summary[mode]
         xs = [r["entropy"] for r in recs]
         ys = [r["acceptance"] for r in recs]
-        row = summary[mode]
-        line = ax.scatter(xs, ys, s=14, label=f"{mode} (slope {row['slope_per_step']:+.3f})")
-        lo, hi = min(xs), max(xs)
+        dots = per_step.scatter(xs, ys, s=14, label=f"{mode} (slope {row['slope_per_step']:+.3f})")
+        colour = dots.get_facecolor()[0]
         a, b = row["intercept_per_step"], row["slope_per_step"]
-        ax.plot([lo, hi], [a + b * lo, a + b * hi], color=line.get_facecolor()[0], lw=1)
-    ax.set_xlabel("mean target entropy of the step's rollouts (nats)")
-    ax.set_ylabel("draft acceptance")
-    ax.set_title(f"GRPO on {task}: acceptance against entropy over RL steps")
-    ax.legend(fontsize=8)
+        per_step.plot([min(xs), max(xs)], [a + b * min(xs), a + b * max(xs)], color=colour, lw=1)
+        points = sorted((e, a) for r in recs for e, a in r["samples"] if e is not None and a is not None)
+        tenth = max(1, len(points) // 10)
+        deciles = [points[i : i + tenth] for i in range(0, len(points), tenth)]
+        bx = [statistics.fmean(p[0] for p in d) for d in deciles]
+        by = [statistics.fmean(p[1] for p in d) for d in deciles]
+        label = f"{mode} (slope {row['slope_per_sample']:+.3f})"
+        per_sample.plot(bx, by, "o", color=colour, ms=4, label=label)
+        a, b = row["intercept_per_sample"], row["slope_per_sample"]
+        per_sample.plot([bx[0], bx[-1]], [a + b * bx[0], a + b * bx[-1]], color=colour, lw=1)
+    per_step.set_xlabel("mean target entropy of the step's rollouts (nats)")
+    per_step.set_title(f"GRPO on {task}: one point per RL step")
+    per_sample.set_xlabel("a rollout's mean target entropy (nats), decile means")
+    per_sample.set_title(f"GRPO on {task}: every rollout, by entropy decile")
+    for ax in (per_step, per_sample):
+        ax.set_ylabel("draft acceptance")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
