@@ -1,4 +1,4 @@
-"""The loss comparison where a one-layer MTP head is capacity-limited: the ``chain`` or ``hop`` task.
+"""The loss comparison where a one-layer MTP head is capacity-limited: ``chain``, ``hop`` or ``pairsum``.
 
     python examples/capacity_heads.py --out runs/chain            # the full budgets below
     python examples/capacity_heads.py --out /tmp/chain --quick    # a smoke-sized run (seconds)
@@ -27,7 +27,9 @@ from bebop.training.mtp_eval import evaluate
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/chain")
-    p.add_argument("--task", choices=("chain", "hop"), default="chain", help="the capacity-limited task")
+    p.add_argument(
+        "--task", choices=("chain", "hop", "pairsum"), default="chain", help="the capacity-limited task"
+    )
     p.add_argument("--backbone-iters", type=int, default=1500)
     p.add_argument("--head-iters", type=int, default=400, help="CE warm-up of the head")
     p.add_argument("--finetune-iters", type=int, default=400, help="per loss: the equal budget")

@@ -14,8 +14,8 @@ tasks sit at the ends of the entropy range:
 
       story about a brave fox: -> " one day, the brave fox wandered slowly across the old bridge. ..."
 
-Two more tasks are not in the shipped model: ``chain`` and ``hop``, on which a one-layer MTP head
-is capacity-limited (``examples/capacity_heads.py``).
+Three more tasks are not in the shipped model: ``chain``, ``hop`` and ``pairsum``, built to make a
+one-layer MTP head capacity-limited (``examples/capacity_heads.py``).
 
 Every text is lowercase ASCII letters, digits, space and ``+-=;.:,`` so the tokenizer stays
 small. A prompt ends in ``=`` or ``:`` and its completion starts with a space; the full training
@@ -446,9 +446,94 @@ class HopTask(Task):
 
 
 # ---------------------------------------------------------------------------------------------
+# pairsum (a lookup keyed by the sum of two tokens: no additive attention score can find it)
+
+PAIRSUM_ITEMS = 10  # answers per completion: about half the completion's tokens are answers
+_PAIRSUM_PROMPT_RE = re.compile(r"pairsum ([a-l]) ;((?: [a-l][01]){12}):")
+
+
+def _pairsum_table(prompt: str) -> tuple[str, dict[str, str]] | None:
+    """The prompt's start symbol and colouring (symbol -> "0"/"1"); None for another prompt."""
+    m = _PAIRSUM_PROMPT_RE.fullmatch(prompt)
+    if m is None:
+        return None
+    colour = {c[0]: c[1] for c in m.group(2).split()}
+    return (m.group(1), colour) if set(colour) == set(HOP_SYMBOLS) else None
+
+
+def pairsum_key(previous: str, step: str) -> str:
+    """The symbol whose colour answers ``step``: index(previous) + index(step) mod 12."""
+    n = len(HOP_SYMBOLS)
+    return HOP_SYMBOLS[(HOP_SYMBOLS.index(previous) + HOP_SYMBOLS.index(step)) % n]
+
+
+@dataclass(frozen=True)
+class PairSumTask(Task):
+    """Colour of a sum: the prompt gives a start symbol and a colouring of twelve symbols (nine 1s,
+    three 0s); the completion draws ten symbols ``s_i`` at random and answers each with the colour
+    of the symbol at ``index(s_{i-1}) + index(s_i) mod 12`` (``s_0`` is the start)::
+
+        pairsum e ; a1 b0 ... l1: -> " c1 k0 a1 ... f1."
+
+    Why a one-layer MTP head is capacity-limited here while the backbone is not: when the head
+    drafts an answer, it holds ``s_i`` as its input token and ``s_{i-1}`` at best in the
+    backbone's hidden state, and the colour sits in the prompt at the position of their *sum*.
+    Its one attention layer scores a position with a query that is linear in (token embedding,
+    hidden state), so the score is a sum of a term of ``s_i`` and a term of ``s_{i-1}``; no such
+    sum peaks at the position of ``s_{i-1} + s_i`` for every pair (already XOR, the sum mod 2 of
+    two bits, has no additive score). The backbone first adds the two symbols (an MLP), then looks
+    the colour up (a later layer). Unlike ``hop``, nothing can be precomputed at the prompt's
+    positions: the key depends on two tokens drawn after the prompt. A head that spreads its mass
+    as its uncertainty (CE: q = 0.75 / 0.25, acceptance 0.625 on an answer) loses to one that puts
+    it on the likelier colour (0.75), which is what maximising acceptance (TV) asks for. Not part of
+    the shipped demo model (``examples/capacity_heads.py --task pairsum``).
+
+    Reward: the share of the ten answers that are right at their position, times 0.9, plus 0.1 for
+    a completion of exactly ten ``<symbol><colour>`` items ending in ``.``.
+    """
+
+    name: str = "pairsum"
+
+    def sample_prompt(self, rng: random.Random) -> str:
+        ones = set(rng.sample(HOP_SYMBOLS, HOP_ONES))
+        colours = " ".join(f"{x}{int(x in ones)}" for x in HOP_SYMBOLS)
+        return f"pairsum {rng.choice(HOP_SYMBOLS)} ; {colours}:"
+
+    def complete(self, prompt: str, rng: random.Random) -> str:
+        table = _pairsum_table(prompt)
+        if table is None:
+            raise ValueError(f"not a pairsum prompt: {prompt!r}")
+        previous, colour = table
+        items = []
+        for _ in range(PAIRSUM_ITEMS):
+            step = rng.choice(HOP_SYMBOLS)
+            items.append(f" {step}{colour[pairsum_key(previous, step)]}")
+            previous = step
+        return "".join(items) + "."
+
+    def reward(self, prompt: str, completion: str) -> float:
+        table = _pairsum_table(prompt)
+        if table is None:
+            return 0.0
+        previous, colour = table
+        body, period, _ = completion.partition(".")
+        items = body.split()
+        right = 0
+        for it in items[:PAIRSUM_ITEMS]:
+            if len(it) != 2 or it[0] not in colour:
+                break  # the rest of the walk is keyed off a symbol that is not there
+            right += colour[pairsum_key(previous, it[0])] == it[1]
+            previous = it[0]
+        well_formed = bool(period) and len(items) == PAIRSUM_ITEMS and all(len(it) == 2 for it in items)
+        return 0.9 * right / PAIRSUM_ITEMS + 0.1 * well_formed
+
+
+# ---------------------------------------------------------------------------------------------
 # registry and datasets
 
-TASKS: dict[str, Task] = {task.name: task for task in (ArithmeticTask(), StoryTask(), ChainTask(), HopTask())}
+TASKS: dict[str, Task] = {
+    task.name: task for task in (ArithmeticTask(), StoryTask(), ChainTask(), HopTask(), PairSumTask())
+}
 
 
 def get_task(name: str) -> Task:

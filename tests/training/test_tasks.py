@@ -15,6 +15,7 @@ from bebop.training.tasks import (
     HOP_ONES,
     HOP_QUERIES,
     HOP_SYMBOLS,
+    PAIRSUM_ITEMS,
     STORY_MAX_WORDS,
     STORY_VOCABULARY,
     TASKS,
@@ -27,6 +28,7 @@ from bebop.training.tasks import (
     held_out_prompts,
     is_held_out,
     make_corpus,
+    pairsum_key,
     training_examples,
 )
 from tests.stats import assert_counts_follow
@@ -204,7 +206,7 @@ def test_corpus_is_deterministic_and_mixes_the_tasks():
 
 def test_get_task_refuses_unknown_names():
     assert get_task("arith") is TASKS["arith"] and get_task("story") is TASKS["story"]
-    with pytest.raises(ValueError, match="arith, chain, hop, story"):
+    with pytest.raises(ValueError, match="arith, chain, hop, pairsum, story"):
         get_task("poetry")
 
 
@@ -229,3 +231,32 @@ def test_hop_answers_are_the_colour_of_the_image_of_six_distinct_symbols():
     # One lookup (the symbol's own colour) agrees with the answer at chance, 0.625 in expectation
     # (1/12 fixed points, else 78/132); 360 answers put 0.75 more than 4 sigma away.
     assert one_lookup_right / total < 0.75
+
+
+def test_pairsum_answers_are_the_colour_at_the_sum_of_the_last_two_symbols():
+    pairsum = get_task("pairsum")
+    assert pairsum_key("a", "a") == "a" and pairsum_key("c", "d") == "f" and pairsum_key("l", "b") == "a"
+    rng = random.Random(9)
+    single_key_right = total = 0
+    for _ in range(60):
+        ex = pairsum.sample(rng)
+        start, colours = ex.prompt.removeprefix("pairsum ").removesuffix(":").split(" ; ")
+        colour = {c[0]: c[1] for c in colours.split()}
+        assert sorted(colour) == list(HOP_SYMBOLS) and sum(c == "1" for c in colour.values()) == HOP_ONES
+        items = ex.completion.removesuffix(".").split()
+        assert len(items) == PAIRSUM_ITEMS
+        previous = start
+        for it in items:
+            index = (HOP_SYMBOLS.index(previous) + HOP_SYMBOLS.index(it[0])) % len(HOP_SYMBOLS)
+            assert it[1] == colour[HOP_SYMBOLS[index]]
+            single_key_right += it[1] == colour[it[0]]
+            previous = it[0]
+        total += len(items)
+        # a wrong answer costs its share; a wrong symbol also re-keys every answer after it
+        wrong = items[0][0] + "01"[items[0][1] == "0"]
+        assert pairsum.reward(ex.prompt, ex.completion.replace(items[0], wrong, 1)) == pytest.approx(0.91)
+        assert pairsum.reward(ex.prompt, ex.completion.removesuffix(".")) == pytest.approx(0.9)
+    # The symbol's own colour (one lookup keyed by the input token alone) agrees with the answer at
+    # chance: 0.625 in expectation (the sum is the symbol itself when the one before is "a", 1/12;
+    # else two distinct symbols share a colour with chance 78/132); 600 answers put 0.70 over 3.5 sigma away.
+    assert single_key_right / total < 0.70
