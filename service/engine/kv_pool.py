@@ -81,12 +81,22 @@ class SlotPool:
         return [PoolCache(k, v, write_index, row_index) for k, v in layers]
 
 
-def prefix_mask(base: torch.Tensor, T: int, span: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def prefix_mask(
+    base: torch.Tensor,
+    T: int,
+    span: int,
+    dtype: torch.dtype = torch.float32,
+    arange: torch.Tensor | None = None,
+) -> torch.Tensor:
     """[B, 1, T, span] additive attention mask of ``dtype`` (0: may attend, -inf: may not): the new
     token t of row b (written at entry base[b] + t) sees entries 0..base[b] + t, the row's own past
     and the new tokens up to itself. Additive rather than bool because attention converts a bool
-    mask in every layer, and the result is the same bit for bit."""
-    limit = base[:, None] + torch.arange(T, device=base.device)[None]  # [B, T]
-    hidden = torch.arange(span, device=base.device)[None, None] > limit[:, :, None]  # [B, T, span]
-    mask = torch.zeros(hidden.shape, dtype=dtype, device=base.device).masked_fill_(hidden, float("-inf"))
-    return mask[:, None]
+    mask in every layer, and the result is the same bit for bit.
+
+    arange: 0, 1, ... of at least max(T, span) entries on base's device, when the caller keeps one
+    (a step's cost on CPU is its count of ops)."""
+    if arange is None:
+        arange = torch.arange(max(T, span), device=base.device)
+    limit = base[:, None] + arange[:T]  # [B, T]: the last entry each new token sees
+    hidden = arange[:span] > limit[:, None, :, None]  # [B, 1, T, span]
+    return torch.where(hidden, float("-inf"), 0.0).to(dtype)

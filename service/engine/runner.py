@@ -57,6 +57,7 @@ class SeqState:
     params: SamplingParams
     seed: int
     position: int  # t, the absolute position of the pending token
+    rng_base: int = 0  # first position of the slot's counter-RNG table (CPU path; host copy)
 
 
 @dataclass
@@ -282,6 +283,8 @@ class ModelRunner:
             self.procs.admit(slot, prm, lengths[i], None if histories is None else histories[i])
         if not self._on_cuda:
             self._refill_rng(self._arange[rows], lens)
+            for state, length in zip(states, lengths, strict=True):
+                state.rng_base = length
         ids = torch.tensor([p + [p[-1]] * (n - len(p)) for p in prompts], device=dev)  # [R, n], padded
         index = self._arange[:n].expand(R, n)  # positions, and the entries they are written to
         start = self._arange[:R] * 0
@@ -320,19 +323,21 @@ class ModelRunner:
         if len(states) != B or sorted(s.slot for s in states) != list(range(B)):
             raise ValueError(f"step() takes every running sequence ({B}), got {len(states)}")
         if not self._on_cuda:
-            self._refresh_rng(B)
-        tokens, logprobs, entropy, accepted = self._run(B)
+            self._refresh_rng(states)
+        top = max(s.position for s in states)  # the batch's longest row, known on the host
+        tokens, logprobs, entropy, accepted = self._run(B, top)
         self.procs.record(slice(0, B), tokens, accepted)  # outside any graph: a host decision
         outputs = _outputs(tokens, logprobs, entropy, self.G, accepted)
         for s in states:
             s.position += len(outputs[s.slot].tokens)
         return [outputs[s.slot] for s in states]
 
-    def _run(self, B: int) -> tuple:
-        """The step's tensors for rows 0..B-1: eager, or the replay of a captured CUDA graph."""
+    def _run(self, B: int, top: int) -> tuple:
+        """The step's tensors for rows 0..B-1: eager, or the replay of a captured CUDA graph.
+        top: the largest position of the batch (its longest row's pending token)."""
         core = self._spec_step if self.G else self._plain_step
         if not self.static_shapes:
-            return core(B)
+            return core(B, self._span(top))
         bucket = min([b for b in CUDA_GRAPH_BUCKETS if b >= B] or [self.kv.capacity])
         bucket = min(bucket, self.kv.capacity)
         self.position[B:bucket] = 0  # free rows compute harmlessly in their own slots
@@ -355,6 +360,13 @@ class ModelRunner:
         graph, outputs = self._graphs[key]
         graph.replay()
         return tuple(None if t is None else t[:B] for t in outputs)
+
+    def _span(self, top: int) -> int:
+        """Entries a step attends over, given the batch's largest position ``top``: the plain step
+        reads 0..top, the speculative one G + 1 target entries and G - 1 draft entries past its
+        rows' positions (see the slack in __init__). Not rounded up: attention over extra masked
+        entries changes the last bits of the outputs."""
+        return top + (2 * self.G if self.G else 1)
 
     def _capture(self, bucket: int) -> tuple:
         """Capture one step of ``bucket`` rows; a warm-up run first (Triton compiles, the allocator
@@ -489,7 +501,7 @@ class ModelRunner:
 
     def _mask(self, base: torch.Tensor, T: int, span: int) -> torch.Tensor:
         """``prefix_mask`` in the model's dtype: [B, 1, T, span]."""
-        return prefix_mask(base, T, span, self.kv.k.dtype)
+        return prefix_mask(base, T, span, self.kv.k.dtype, self._arange)
 
     # ------------------------------------------------------------------ laws and draws
     def _law_params(self, rows: slice, T: int) -> LawParams:
@@ -553,13 +565,17 @@ class ModelRunner:
         self.rng_base[slots] = start
         self.rng_table[slots] = torch.stack([coins.double(), sample, draft], -1)
 
-    def _refresh_rng(self, B: int) -> None:
+    def _refresh_rng(self, states: list[SeqState]) -> None:
         """Before a step reads positions t+1..t+G+1: refill every row that is past half its window
-        once any row would run off its table, so refills come in batches."""
-        ahead = self.position[:B] + self.G + 2 - self.rng_base[:B]  # table entries the step needs
-        if bool((ahead > RNG_WINDOW).any()):
-            rows = (ahead > RNG_WINDOW // 2).nonzero().flatten()
-            self._refill_rng(rows, self.position[rows] + 1)
+        once any row would run off its table, so refills come in batches. Decided on the host
+        (``SeqState.rng_base``), so a step that refills nothing costs no tensor op."""
+        ahead = [s.position + self.G + 2 - s.rng_base for s in states]  # table entries the step needs
+        if max(ahead) > RNG_WINDOW:
+            refill = [s for s, a in zip(states, ahead, strict=True) if a > RNG_WINDOW // 2]
+            slots = torch.tensor([s.slot for s in refill], device=self.device)
+            self._refill_rng(slots, torch.tensor([s.position + 1 for s in refill], device=self.device))
+            for s in refill:
+                s.rng_base = s.position + 1
 
     def _draw(
         self,
