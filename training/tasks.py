@@ -379,6 +379,25 @@ HOP_QUERIES = 6  # distinct symbols asked per completion
 _HOP_PROMPT_RE = re.compile(r"hop((?: [a-l]-[a-l]){12}) ;((?: [a-l][01]){12}):")
 
 
+def _random_colouring(rng: random.Random) -> str:
+    """Twelve symbols with their colours, HOP_ONES of them 1: "a1 b0 ... l1"."""
+    ones = set(rng.sample(HOP_SYMBOLS, HOP_ONES))
+    return " ".join(f"{x}{int(x in ones)}" for x in HOP_SYMBOLS)
+
+
+def _answer_items(completion: str) -> tuple[list[str], bool]:
+    """The ``<symbol><colour>`` items before the first ``.``, and whether there is one."""
+    body, period, _ = completion.partition(".")
+    return body.split(), bool(period)
+
+
+def _answer_reward(items: list[str], ended: bool, right: int, n: int) -> float:
+    """0.9 times the share of the n answers that are right, plus 0.1 for exactly n two-character
+    items ending in ``.``."""
+    well_formed = ended and len(items) == n and all(len(it) == 2 for it in items)
+    return 0.9 * min(right, n) / n + 0.1 * well_formed
+
+
 def _hop_tables(prompt: str) -> tuple[dict[str, str], dict[str, str]] | None:
     """The prompt's permutation (symbol -> symbol) and colouring (symbol -> "0"/"1"); None for a
     prompt that is not a hop prompt over all twelve symbols."""
@@ -420,10 +439,8 @@ class HopTask(Task):
 
     def sample_prompt(self, rng: random.Random) -> str:
         images = rng.sample(HOP_SYMBOLS, len(HOP_SYMBOLS))
-        ones = set(rng.sample(HOP_SYMBOLS, HOP_ONES))
         pairs = " ".join(f"{x}-{y}" for x, y in zip(HOP_SYMBOLS, images, strict=True))
-        colours = " ".join(f"{x}{int(x in ones)}" for x in HOP_SYMBOLS)
-        return f"hop {pairs} ; {colours}:"
+        return f"hop {pairs} ; {_random_colouring(rng)}:"
 
     def complete(self, prompt: str, rng: random.Random) -> str:
         tables = _hop_tables(prompt)
@@ -438,11 +455,9 @@ class HopTask(Task):
         if tables is None:
             return 0.0
         image, colour = tables
-        body, period, _ = completion.partition(".")
-        items = body.split()
+        items, ended = _answer_items(completion)
         right = sum(len(it) == 2 and it[0] in image and colour[image[it[0]]] == it[1] for it in items)
-        well_formed = bool(period) and len(items) == HOP_QUERIES and all(len(it) == 2 for it in items)
-        return 0.9 * min(right, HOP_QUERIES) / HOP_QUERIES + 0.1 * well_formed
+        return _answer_reward(items, ended, right, HOP_QUERIES)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -495,8 +510,7 @@ class PairSumTask(Task):
     name: str = "pairsum"
 
     def sample_prompt(self, rng: random.Random) -> str:
-        ones = set(rng.sample(HOP_SYMBOLS, HOP_ONES))
-        colours = " ".join(f"{x}{int(x in ones)}" for x in HOP_SYMBOLS)
+        colours = _random_colouring(rng)
         return f"pairsum {rng.choice(HOP_SYMBOLS)} ; {colours}:"
 
     def complete(self, prompt: str, rng: random.Random) -> str:
@@ -516,16 +530,14 @@ class PairSumTask(Task):
         if table is None:
             return 0.0
         previous, colour = table
-        body, period, _ = completion.partition(".")
-        items = body.split()
+        items, ended = _answer_items(completion)
         right = 0
         for it in items[:PAIRSUM_ITEMS]:
             if len(it) != 2 or it[0] not in colour:
                 break  # the rest of the walk is keyed off a symbol that is not there
             right += colour[pairsum_key(previous, it[0])] == it[1]
             previous = it[0]
-        well_formed = bool(period) and len(items) == PAIRSUM_ITEMS and all(len(it) == 2 for it in items)
-        return 0.9 * right / PAIRSUM_ITEMS + 0.1 * well_formed
+        return _answer_reward(items, ended, right, PAIRSUM_ITEMS)
 
 
 # ---------------------------------------------------------------------------------------------
