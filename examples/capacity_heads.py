@@ -28,7 +28,16 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/chain")
     p.add_argument(
-        "--task", choices=("chain", "hop", "pairsum"), default="chain", help="the capacity-limited task"
+        "--task",
+        choices=("chain", "hop", "pairsum", "pairsum10"),
+        default="chain",
+        help="the capacity-limited task",
+    )
+    p.add_argument(
+        "--aux-task",
+        nargs="*",
+        default=[],
+        help="tasks trained beside it but not scored (sumdrill: the sum pairsum10 needs, as its answer)",
     )
     p.add_argument("--backbone-iters", type=int, default=1500)
     p.add_argument("--head-iters", type=int, default=400, help="CE warm-up of the head")
@@ -42,7 +51,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     recipe = DemoRecipe(
         seed=args.seed,
-        tasks=[args.task],
+        tasks=[args.task, *args.aux_task],
         backbone_iters=args.backbone_iters,
         head_iters=args.head_iters,
         finetune_iters=args.finetune_iters,

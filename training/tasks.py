@@ -379,10 +379,10 @@ HOP_QUERIES = 6  # distinct symbols asked per completion
 _HOP_PROMPT_RE = re.compile(r"hop((?: [a-l]-[a-l]){12}) ;((?: [a-l][01]){12}):")
 
 
-def _random_colouring(rng: random.Random) -> str:
-    """Twelve symbols with their colours, HOP_ONES of them 1: "a1 b0 ... l1"."""
-    ones = set(rng.sample(HOP_SYMBOLS, HOP_ONES))
-    return " ".join(f"{x}{int(x in ones)}" for x in HOP_SYMBOLS)
+def _random_colouring(rng: random.Random, symbols: str = HOP_SYMBOLS, ones: int = HOP_ONES) -> str:
+    """The symbols with their colours, ``ones`` of them 1: "a1 b0 ... l1"."""
+    coloured = set(rng.sample(symbols, ones))
+    return " ".join(f"{x}{int(x in coloured)}" for x in symbols)
 
 
 def _answer_items(completion: str) -> tuple[list[str], bool]:
@@ -464,22 +464,11 @@ class HopTask(Task):
 # pairsum (a lookup keyed by the sum of two tokens: no additive attention score can find it)
 
 PAIRSUM_ITEMS = 10  # answers per completion: about half the completion's tokens are answers
-_PAIRSUM_PROMPT_RE = re.compile(r"pairsum ([a-l]) ;((?: [a-l][01]){12}):")
 
 
-def _pairsum_table(prompt: str) -> tuple[str, dict[str, str]] | None:
-    """The prompt's start symbol and colouring (symbol -> "0"/"1"); None for another prompt."""
-    m = _PAIRSUM_PROMPT_RE.fullmatch(prompt)
-    if m is None:
-        return None
-    colour = {c[0]: c[1] for c in m.group(2).split()}
-    return (m.group(1), colour) if set(colour) == set(HOP_SYMBOLS) else None
-
-
-def pairsum_key(previous: str, step: str) -> str:
-    """The symbol whose colour answers ``step``: index(previous) + index(step) mod 12."""
-    n = len(HOP_SYMBOLS)
-    return HOP_SYMBOLS[(HOP_SYMBOLS.index(previous) + HOP_SYMBOLS.index(step)) % n]
+def pairsum_key(previous: str, step: str, symbols: str = HOP_SYMBOLS) -> str:
+    """The symbol whose colour answers ``step``: index(previous) + index(step) mod len(symbols)."""
+    return symbols[(symbols.index(previous) + symbols.index(step)) % len(symbols)]
 
 
 @dataclass(frozen=True)
@@ -503,39 +492,61 @@ class PairSumTask(Task):
     it on the likelier colour (0.75), which is what maximising acceptance (TV) asks for. Not part of
     the shipped demo model (``examples/capacity_heads.py --task pairsum``).
 
+    ``symbols`` and ``ones`` set the alphabet and how many of it are coloured 1 (``pairsum10``: ten
+    symbols, seven 1s). With ``drill`` the prompt has no colouring (``... ; sums:``) and each answer
+    is the sum itself, as the digit of its index (``sumdrill``, ten symbols): the same items with
+    the sum as the answer, a direct training signal for the addition that ``pairsum10`` needs
+    (``capacity_heads.py --aux-task sumdrill``).
+
     Reward: the share of the ten answers that are right at their position, times 0.9, plus 0.1 for
-    a completion of exactly ten ``<symbol><colour>`` items ending in ``.``.
+    a completion of exactly ten ``<symbol><answer>`` items ending in ``.``.
     """
 
     name: str = "pairsum"
+    symbols: str = HOP_SYMBOLS
+    ones: int = HOP_ONES
+    drill: bool = False
+
+    def _parse(self, prompt: str) -> tuple[str, dict[str, str]] | None:
+        """The prompt's start symbol and answer table (symbol -> its answer token); None for a
+        prompt of another task."""
+        sym = f"[{self.symbols[0]}-{self.symbols[-1]}]"
+        table = " sums" if self.drill else f"((?: {sym}[01]){{{len(self.symbols)}}})"
+        m = re.fullmatch(rf"{self.name} ({sym}) ;{table}:", prompt)
+        if m is None:
+            return None
+        if self.drill:
+            return m.group(1), {x: str(i) for i, x in enumerate(self.symbols)}
+        colour = {c[0]: c[1] for c in m.group(2).split()}
+        return (m.group(1), colour) if set(colour) == set(self.symbols) else None
 
     def sample_prompt(self, rng: random.Random) -> str:
-        colours = _random_colouring(rng)
-        return f"pairsum {rng.choice(HOP_SYMBOLS)} ; {colours}:"
+        table = "sums" if self.drill else _random_colouring(rng, self.symbols, self.ones)
+        return f"{self.name} {rng.choice(self.symbols)} ; {table}:"
 
     def complete(self, prompt: str, rng: random.Random) -> str:
-        table = _pairsum_table(prompt)
-        if table is None:
-            raise ValueError(f"not a pairsum prompt: {prompt!r}")
-        previous, colour = table
+        parsed = self._parse(prompt)
+        if parsed is None:
+            raise ValueError(f"not a {self.name} prompt: {prompt!r}")
+        previous, answer = parsed
         items = []
         for _ in range(PAIRSUM_ITEMS):
-            step = rng.choice(HOP_SYMBOLS)
-            items.append(f" {step}{colour[pairsum_key(previous, step)]}")
+            step = rng.choice(self.symbols)
+            items.append(f" {step}{answer[pairsum_key(previous, step, self.symbols)]}")
             previous = step
         return "".join(items) + "."
 
     def reward(self, prompt: str, completion: str) -> float:
-        table = _pairsum_table(prompt)
-        if table is None:
+        parsed = self._parse(prompt)
+        if parsed is None:
             return 0.0
-        previous, colour = table
+        previous, answer = parsed
         items, ended = _answer_items(completion)
         right = 0
         for it in items[:PAIRSUM_ITEMS]:
-            if len(it) != 2 or it[0] not in colour:
+            if len(it) != 2 or it[0] not in answer:
                 break  # the rest of the walk is keyed off a symbol that is not there
-            right += colour[pairsum_key(previous, it[0])] == it[1]
+            right += answer[pairsum_key(previous, it[0], self.symbols)] == it[1]
             previous = it[0]
         return _answer_reward(items, ended, right, PAIRSUM_ITEMS)
 
@@ -544,7 +555,16 @@ class PairSumTask(Task):
 # registry and datasets
 
 TASKS: dict[str, Task] = {
-    task.name: task for task in (ArithmeticTask(), StoryTask(), ChainTask(), HopTask(), PairSumTask())
+    task.name: task
+    for task in (
+        ArithmeticTask(),
+        StoryTask(),
+        ChainTask(),
+        HopTask(),
+        PairSumTask(),
+        PairSumTask(name="pairsum10", symbols=HOP_SYMBOLS[:10], ones=7),
+        PairSumTask(name="sumdrill", symbols=HOP_SYMBOLS[:10], drill=True),
+    )
 }
 
 

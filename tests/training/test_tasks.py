@@ -206,7 +206,7 @@ def test_corpus_is_deterministic_and_mixes_the_tasks():
 
 def test_get_task_refuses_unknown_names():
     assert get_task("arith") is TASKS["arith"] and get_task("story") is TASKS["story"]
-    with pytest.raises(ValueError, match="arith, chain, hop, pairsum, story"):
+    with pytest.raises(ValueError, match="arith, chain, hop, pairsum, pairsum10, story, sumdrill"):
         get_task("poetry")
 
 
