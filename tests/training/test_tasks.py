@@ -260,3 +260,26 @@ def test_pairsum_answers_are_the_colour_at_the_sum_of_the_last_two_symbols():
     # chance: 0.625 in expectation (the sum is the symbol itself when the one before is "a", 1/12;
     # else two distinct symbols share a colour with chance 78/132); 600 answers put 0.70 over 3.5 sigma away.
     assert single_key_right / total < 0.70
+
+
+def test_sumdrill_answers_the_sum_that_pairsum10_looks_up():
+    drill, pairsum10 = get_task("sumdrill"), get_task("pairsum10")
+    symbols = HOP_SYMBOLS[:10]
+    rng = random.Random(4)
+    for _ in range(40):
+        ex = drill.sample(rng)
+        previous = ex.prompt.removeprefix("sumdrill ").removesuffix(" ; sums:")
+        for it in ex.completion.removesuffix(".").split():
+            assert int(it[1]) == (symbols.index(previous) + symbols.index(it[0])) % 10
+            previous = it[0]
+        ex = pairsum10.sample(rng)
+        start, colours = ex.prompt.removeprefix("pairsum10 ").removesuffix(":").split(" ; ")
+        colour = {c[0]: c[1] for c in colours.split()}
+        assert sorted(colour) == list(symbols) and sum(c == "1" for c in colour.values()) == 7
+        first = ex.completion.split()[0]
+        assert first[1] == colour[pairsum_key(start, first[0], symbols)]
+    # a prompt of one task is no prompt of the other
+    assert (
+        drill.reward(ex.prompt, ex.completion) == 0.0
+        and get_task("pairsum").reward(ex.prompt, ex.completion) == 0.0
+    )
