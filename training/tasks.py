@@ -14,8 +14,9 @@ tasks sit at the ends of the entropy range:
 
       story about a brave fox: -> " one day, the brave fox wandered slowly across the old bridge. ..."
 
-Three more tasks are not in the shipped model: ``chain``, ``hop`` and ``pairsum``, built to make a
-one-layer MTP head capacity-limited (``examples/capacity_heads.py``).
+More tasks are not in the shipped model: ``chain``, ``hop``, ``pairsum`` and ``pairsum10``, built to
+make a one-layer MTP head capacity-limited, and ``sumdrill``, trained beside ``pairsum10``
+(``examples/capacity_heads.py``).
 
 Every text is lowercase ASCII letters, digits, space and ``+-=;.:,`` so the tokenizer stays
 small. A prompt ends in ``=`` or ``:`` and its completion starts with a space; the full training
