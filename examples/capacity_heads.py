@@ -1,4 +1,4 @@
-"""The loss comparison where a one-layer MTP head is capacity-limited: ``chain``, ``hop`` or ``pairsum``.
+"""The loss comparison where a one-layer MTP head is capacity-limited: ``chain``, ``hop``, ``pairsum``(10).
 
     python examples/capacity_heads.py --out runs/chain            # the full budgets below
     python examples/capacity_heads.py --out /tmp/chain --quick    # a smoke-sized run (seconds)

@@ -387,7 +387,7 @@ def _random_colouring(rng: random.Random, symbols: str = HOP_SYMBOLS, ones: int 
 
 
 def _answer_items(completion: str) -> tuple[list[str], bool]:
-    """The ``<symbol><colour>`` items before the first ``.``, and whether there is one."""
+    """The ``<symbol><answer>`` items before the first ``.``, and whether there is one."""
     body, period, _ = completion.partition(".")
     return body.split(), bool(period)
 

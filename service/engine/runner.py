@@ -282,9 +282,7 @@ class ModelRunner:
             slot, prm = state.slot, state.params
             self.procs.admit(slot, prm, lengths[i], None if histories is None else histories[i])
         if not self._on_cuda:
-            self._refill_rng(self._arange[rows], lens)
-            for state, length in zip(states, lengths, strict=True):
-                state.rng_base = length
+            self._refill_rng(states, lengths)
         ids = torch.tensor([p + [p[-1]] * (n - len(p)) for p in prompts], device=dev)  # [R, n], padded
         index = self._arange[:n].expand(R, n)  # positions, and the entries they are written to
         start = self._arange[:R] * 0
@@ -388,12 +386,11 @@ class ModelRunner:
         self._graph_pool = graph.pool()
         return graph, outputs
 
-    def _plain_step(self, B: int, span: int | None = None):
+    def _plain_step(self, B: int, span: int):
         """Decode one token for rows 0..B-1: ([B, 1] tokens, [B, 1] log-probs, [B, 1] entropy, None).
-        span: entries attended per row (None: the batch's longest row; fixed under CUDA graphs)."""
+        span: entries attended per row (``_span``; the whole slot under CUDA graphs)."""
         rows = slice(0, B)
         t = self.position[:B].clone()  # [B]
-        span = span or int(t.max()) + 1
         out = self.model(
             self.pending[:B, None], t[:, None], self._mask(t, 1, span), self.kv.views(rows, t[:, None], span)
         )
@@ -403,14 +400,13 @@ class ModelRunner:
         self.pending[:B] = token
         return token[:, None], probs.gather(2, token[:, None, None])[..., 0].log(), entropy_nats(probs), None
 
-    def _spec_step(self, B: int, span: int | None = None):
+    def _spec_step(self, B: int, span: int):
         """Draft G tokens per row, verify them in one target forward, accept by chain rejection
         sampling: ([B, G+1] tokens (-1 after the emitted ones), [B, G+1] log-probs, [B, G+1]
         target entropy, [B] accepted drafts)."""
         G, rows = self.G, slice(0, B)
         t = self.position[:B].clone()  # [B]
         seeds = self.seed[:B]
-        span = span or int(t.max()) + 2 * G  # see the slack in __init__
         index = t[:, None] + self._arange[: G + 1]  # [B, G+1]: positions and target entries
         mask = self._mask(t, G + 1, span)  # [B, 1, G+1, span]; its first rows serve the draft too
         # the counter RNG's own numbers, read from the table (CPU); on CUDA the kernels draw them
@@ -559,11 +555,16 @@ class ModelRunner:
         probs = target_probs(flat, law.temperature, law.top_k, law.top_p, law.filter_rows, law.any_greedy)
         return self.procs.apply_probs(probs, rows, T).view(R, T, V)
 
-    def _refill_rng(self, slots: torch.Tensor, start: torch.Tensor) -> None:
-        """Tables of the slots [R] for positions start [R] onwards (CPU path)."""
+    def _refill_rng(self, states: list[SeqState], starts: list[int]) -> None:
+        """Tables of the states' slots for positions ``starts`` onwards (CPU path); the host copy
+        of each table's base (``SeqState.rng_base``) moves with it."""
+        slots = torch.tensor([s.slot for s in states], device=self.device)
+        start = torch.tensor(starts, device=self.device)
         coins, sample, draft = uniform_table(self.seed[slots], start, RNG_WINDOW)
         self.rng_base[slots] = start
         self.rng_table[slots] = torch.stack([coins.double(), sample, draft], -1)
+        for state, first in zip(states, starts, strict=True):
+            state.rng_base = first
 
     def _refresh_rng(self, states: list[SeqState]) -> None:
         """Before a step reads positions t+1..t+G+1: refill every row that is past half its window
@@ -572,10 +573,7 @@ class ModelRunner:
         ahead = [s.position + self.G + 2 - s.rng_base for s in states]  # table entries the step needs
         if max(ahead) > RNG_WINDOW:
             refill = [s for s, a in zip(states, ahead, strict=True) if a > RNG_WINDOW // 2]
-            slots = torch.tensor([s.slot for s in refill], device=self.device)
-            self._refill_rng(slots, torch.tensor([s.position + 1 for s in refill], device=self.device))
-            for s in refill:
-                s.rng_base = s.position + 1
+            self._refill_rng(refill, [s.position + 1 for s in refill])
 
     def _draw(
         self,
